@@ -1,0 +1,1 @@
+"""Diagnostics for Tourbillon models: recording, stall detection, ablation, reports."""
