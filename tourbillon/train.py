@@ -308,12 +308,12 @@ class Trainer:
             metrics.update(self.evaluate())
         metrics["seconds"] = time.perf_counter() - started
         self.history.append(metrics)
-        for cb in self.callbacks:
-            cb.on_epoch_end(self, metrics)
         if self.out_dir is not None:
             with open(self.out_dir / METRICS, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             self.save_checkpoint()
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, metrics)
         log.info("epoch %d step %d loss %.4g recon %s acc %s", self.epoch, self.step,
                  loss, metrics.get("test_recon_mse"), metrics.get("test_accuracy"))
 
