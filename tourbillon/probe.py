@@ -41,8 +41,8 @@ def fit_linear(layer: nn.Linear, features: Tensor, labels: Tensor, *,
     return layer
 
 
-def accuracy(layer: nn.Module, features: Tensor, labels: Tensor) -> float:
-    """Fraction of ``features`` (``(N, F)``) that ``layer`` classifies right."""
+def accuracy(layer, features: Tensor, labels: Tensor) -> float:
+    """Fraction of ``features`` that ``layer`` (any callable to logits) gets right."""
     with torch.no_grad():
         return (layer(features).argmax(dim=1) == labels).float().mean().item()
 

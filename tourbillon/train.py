@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import Config
 from .data import Dataset, load_dataset
@@ -103,21 +103,37 @@ class Trainer:
         self.progress = progress
 
         torch.manual_seed(config.seed)
-        self.model = Tourbillon(config).to(self.device)
+        self.model = self.build_model().to(self.device)
+        self.num_blocks = self.count_blocks()
         self._check_data()
         self.optimizer = make_optimizer(self.model.parameters(), config)
         self.epoch = 0
         self.step = 0
-        self.head_trained = config.head == "joint" or self.model.head is None
+        self.head_trained = config.head == "joint" or not self.has_head
         self.diverged = False
         self.history: list[dict[str, Any]] = []
 
     # -- set-up --------------------------------------------------------------
 
+    def build_model(self) -> nn.Module:
+        """The model this trainer trains (a :class:`Tourbillon` of the config)."""
+        return Tourbillon(self.config)
+
+    def count_blocks(self) -> int:
+        """Number of circular autoencoders in ``self.model``."""
+        return len(self.model.blocks)
+
+    @property
+    def has_head(self) -> bool:
+        """Whether the model classifies (so test accuracy can be measured)."""
+        return getattr(self.model, "head", None) is not None
+
     def _check_data(self) -> None:
         d = self.data
         for split, x in (("train", d.x_train), ("test", d.x_test)):
-            self.model.check_input(x[:1])
+            check = getattr(self.model, "check_input", None)
+            if check is not None:
+                check(x[:1])
             if not torch.isfinite(x).all():
                 bad = (~torch.isfinite(x)).flatten(1).any(dim=1).nonzero()[:5].flatten()
                 raise DataError(
@@ -130,14 +146,14 @@ class Trainer:
     def total_epochs(self) -> int:
         """Block-training epochs: ``epochs`` per block for ``sequential``."""
         c = self.config
-        blocks = max(len(self.model.blocks), 1)
+        blocks = max(self.num_blocks, 1)
         return c.epochs * (blocks if c.schedule == "sequential" else 1)
 
     def stage(self, epoch: int) -> int | None:
         """The block trained in ``epoch`` (1-based) under ``sequential``, else None."""
-        if self.config.schedule != "sequential" or not self.model.blocks:
+        if self.config.schedule != "sequential" or not self.num_blocks:
             return None
-        return min((epoch - 1) // max(self.config.epochs, 1), len(self.model.blocks) - 1)
+        return min((epoch - 1) // max(self.config.epochs, 1), self.num_blocks - 1)
 
     # -- the loop ------------------------------------------------------------
 
@@ -198,7 +214,7 @@ class Trainer:
         return mean_loss, {k: v / batches_done for k, v in drift_sums.items()}
 
     def _active_blocks(self, generator: torch.Generator) -> list[int]:
-        blocks = len(self.model.blocks)
+        blocks = self.num_blocks
         if self.config.schedule == "sequential":
             stage = self.stage(self.epoch)
             return [] if stage is None else [stage]
@@ -208,8 +224,23 @@ class Trainer:
 
     def train_step(self, x: Tensor, y: Tensor, active: list[int]) -> tuple[Tensor, dict]:
         """One minibatch: forward, local objectives (+ head), backward, update."""
+        out, loss = self.objective(x, y, active)
+        self.optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+        for cb in self.callbacks:
+            cb.after_backward(self, out, (x, y))
+        self.optimizer.step()
+        self.step += 1
+        for cb in self.callbacks:
+            cb.after_step(self)
+        return loss, out
+
+    def objective(self, x: Tensor, y: Tensor, active: list[int]
+                  ) -> tuple[dict[str, Tensor], Tensor]:
+        """Forward the minibatch; the sum of the active rules (and head) to minimise."""
         c = self.config
-        head_now = c.head == "joint" and self.model.head is not None
+        head_now = c.head == "joint" and self.has_head
         upto = None if head_now or not active else max(active)
         out = self.model(x, upto=upto)
 
@@ -224,17 +255,7 @@ class Trainer:
             loss = loss + F.cross_entropy(out["output"], y)
             if c.feedback == "random":
                 loss = loss + feedback_objective(self.model, out, y, active)
-
-        self.optimizer.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
-        for cb in self.callbacks:
-            cb.after_backward(self, out, (x, y))
-        self.optimizer.step()
-        self.step += 1
-        for cb in self.callbacks:
-            cb.after_step(self)
-        return loss, out
+        return out, loss
 
     def _finish_head(self) -> None:
         """Train the ``after`` head on frozen top codes (Adam, lr 1e-3, batch 64)."""
@@ -250,13 +271,21 @@ class Trainer:
     def _features(self, x: Tensor, batch: int = 1000) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Per level: (first-pass code, passed code, first reconstruction), or
         ``(x, x, None)`` for level 0 when the stack has no block."""
-        parts = [self.model.codes(x[i:i + batch].to(self.device))
-                 for i in range(0, x.shape[0], batch)]
-        if not self.model.blocks:
+        if not self.num_blocks:
             x = x.to(self.device)
             return [(x, x, None)]
+        parts = [self.block_codes(x[i:i + batch].to(self.device))
+                 for i in range(0, x.shape[0], batch)]
         return [tuple(torch.cat([p[k][j] for p in parts]) for j in range(3))
-                for k in range(len(self.model.blocks))]
+                for k in range(self.num_blocks)]
+
+    def block_codes(self, x: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per block: (first-pass code, code passed up, first reconstruction)."""
+        return self.model.codes(x)
+
+    def head_logits(self, features: Tensor) -> Tensor:
+        """The head's logits from the top code passed up, ``(N, ...)``."""
+        return self.model.head(features.flatten(1))
 
     def evaluate(self, probes: bool = True) -> dict[str, Any]:
         """Test figures of the model as it is now (see the module docstring)."""
@@ -268,21 +297,20 @@ class Trainer:
 
         # Reconstruction of every block's input by its first pass.
         block_input = d.x_test.to(self.device)
-        for k, (_, code, recon) in enumerate(test if self.model.blocks else []):
+        for k, (_, code, recon) in enumerate(test if self.num_blocks else []):
             metrics[f"block{k}_recon_mse"] = F.mse_loss(recon, block_input).item()
             block_input = code
         metrics["test_recon_mse"] = metrics.get("block0_recon_mse")
 
         # The head, when it has been trained.
         metrics["test_accuracy"] = None
-        if self.model.head is not None and self.head_trained:
-            metrics["test_accuracy"] = accuracy(self.model.head, test[-1][1].flatten(1),
-                                                y_test)
+        if self.has_head and self.head_trained:
+            metrics["test_accuracy"] = accuracy(self.head_logits, test[-1][1], y_test)
 
         # Linear probes on every block's codes.
         metrics["probe_accuracy"] = None
         if probes and self.probe_epochs > 0 and c.classes > 0:
-            for k in range(len(self.model.blocks)):
+            for k in range(self.num_blocks):
                 for j, name in ((0, "first"), (1, "code")):
                     if j == 1 and c.feed_from == 0:
                         metrics[f"block{k}_probe_code"] = metrics[f"block{k}_probe_first"]
@@ -290,9 +318,9 @@ class Trainer:
                     metrics[f"block{k}_probe_{name}"] = probe_accuracy(
                         train[k][j], y_train, test[k][j], y_test, classes=c.classes,
                         epochs=self.probe_epochs, seed=c.seed + 101 * k + j)
-            top = len(self.model.blocks) - 1
+            top = self.num_blocks - 1
             metrics["probe_accuracy"] = (
-                metrics[f"block{top}_probe_code"] if self.model.blocks else
+                metrics[f"block{top}_probe_code"] if self.num_blocks else
                 probe_accuracy(train[0][1], y_train, test[0][1], y_test,
                                classes=c.classes, epochs=self.probe_epochs, seed=c.seed))
         self.model.train()
