@@ -372,7 +372,7 @@ class Variant:
 
     def config(self, **overrides: Any) -> Config:
         """The variant's config, with ``overrides`` applied on top."""
-        return Config(name=self.name, **{**self.fields, **overrides})
+        return Config(**{"name": self.name, **self.fields, **overrides})
 
 
 _AUTHORS = dict(
