@@ -31,6 +31,11 @@ block{k}/align/weights             cosine between encoder weight A and decoder
                                    weight B transposed
 block{k}/probe/{first,code}        linear-probe accuracy on the first-pass code
                                    and on the code passed up
+block{k}/batch_probe/{first,code}  the same, from a probe fitted and scored on
+                                   a held-out labelled batch during training
+block{k}/{half}/c{i}/hist          histogram of that call's activations
+block{k}/reconstructions           image grid: a fixed batch, then its
+                                   reconstruction at every circulation
 train/loss                         the training objective of the step
 test/{recon_mse,accuracy,probe_accuracy}   the trainer's epoch metrics
 =================================  ==============================================
@@ -78,6 +83,27 @@ def weight_alignment(block: int) -> str:
 
 def probe(block: int, which: str) -> str:
     return f"block{block}/probe/{which}"
+
+
+def batch_probe(block: int, which: str) -> str:
+    return f"block{block}/batch_probe/{which}"
+
+
+def activation_histogram(block: int, half: str, circulation: int) -> str:
+    return f"block{block}/{half}/c{circulation}/hist"
+
+
+def reconstruction_grid(block: int) -> str:
+    return f"block{block}/reconstructions"
+
+
+def train_loss() -> str:
+    return "train/loss"
+
+
+def test_metric(name: str) -> str:
+    """``test/{name}`` for the trainer's epoch metrics (``recon_mse``, ...)."""
+    return f"test/{name}"
 
 
 _PATTERN = re.compile(

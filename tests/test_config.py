@@ -112,8 +112,6 @@ def test_invalid_value_names_field_and_allowed_values(
     assert_config_error(fragments, **fields)
 
 
-@pytest.mark.xfail(strict=True, reason="config.py _validate_recipe: `lr <= 0` is "
-                   "False for NaN and inf, so a non-finite lr is accepted")
 @pytest.mark.parametrize("lr", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_non_finite_lr_is_rejected(lr: float) -> None:
     assert_config_error(["lr"], lr=lr)
@@ -239,9 +237,6 @@ def test_resolve_validates_overrides() -> None:
         resolve("authors", {"encoder_output": 5})
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="config.py Variant.config passes overrides straight to "
-                   "Config(...), so an unknown field raises TypeError")
 def test_resolve_rejects_unknown_override_with_config_error() -> None:
     with pytest.raises(ConfigError, match="bogus"):
         resolve("authors", {"bogus": 1})

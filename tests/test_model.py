@@ -427,9 +427,6 @@ def test_head_size_from_the_real_strided_output() -> None:
     assert out["dec_output_0"].shape == (3, 1, 28, 28)
 
 
-@pytest.mark.xfail(strict=True, reason="model.py conv_block: no output_padding and "
-                   "no check, so kernel 5, stride 2, padding 2 reconstructs 28x28 "
-                   "as 27x27 and fails only later, in the decoder objective")
 def test_conv_geometry_reconstructs_the_input_shape_or_is_rejected() -> None:
     config = Config(arch="conv", channels=(1, 4), kernel_sizes=5, strides=2,
                     paddings=2, input_size=(28, 28), decoder_target="input")
@@ -466,10 +463,6 @@ def test_wrong_input_shape_names_expected_and_actual(make, shape, expected) -> N
     assert expected in message and str(tuple(shape)) in message
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="model.py CircularBlock.forward does not check its input, "
-                   "so a wrongly shaped input to a building block surfaces as "
-                   "torch's matmul RuntimeError instead of DataError")
 @pytest.mark.parametrize("make, shape", [
     (lambda: TourbillonBuildingBlockLinear(12, 8), (3, 11)),
     (lambda: TourbillonBuildingBlockConv(2, 3, 3, 1, 1), (3, 1, 8, 8)),
@@ -537,9 +530,6 @@ def test_random_feedback_is_xavier_uniform() -> None:
     assert abs(wrapped.feedback.std().item() - bound / math.sqrt(3)) < 0.02 * bound
 
 
-@pytest.mark.xfail(strict=True, reason="model.py RandomFeedback.forward computes "
-                   "(out + fb) - fb.detach(), which rounds; out + (fb - fb.detach()) "
-                   "adds an exact zero")
 def test_random_feedback_forward_is_bit_exact() -> None:
     layer = nn.Linear(50, 70)
     h = torch.randn(64, 50, requires_grad=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -77,9 +78,10 @@ class Config:
             or ``random`` (a fixed random matrix carries the error back:
             feedback alignment). Only matters with ``code_graph=keep``.
         input_graph: ``keep`` leaves a block's input attached to the block
-            below, as the original code does, so a rule whose output is at
-            circulation 0 sends gradient into the lower block; ``detach``
-            makes every block strictly local.
+            below, as the original code does, so a rule that reads the code of
+            circulation 0 with its graph (an output at circulation 0, or the
+            authors' rule with its target at circulation 0) sends gradient
+            into the lower block; ``detach`` makes every block strictly local.
         head_graph: ``detach`` (the head reads frozen codes) or ``keep`` (the
             head's error trains the stack by backprop: the supervised MLP).
         loss_reduction: ``mean`` over elements, or ``sum``: half the squared
@@ -347,8 +349,13 @@ def _validate_rule(c: Config) -> None:
 
 
 def _validate_recipe(c: Config) -> None:
-    if c.lr <= 0:
-        raise ConfigError(f"lr must be > 0, got {c.lr}")
+    from .data import DATASETS
+
+    if c.dataset not in DATASETS:
+        raise ConfigError(f"dataset={c.dataset!r} is not allowed; choose one of "
+                          f"{', '.join(DATASETS)}")
+    if not math.isfinite(c.lr) or c.lr <= 0:
+        raise ConfigError(f"lr must be a finite number > 0, got {c.lr}")
     if not 0.0 <= c.momentum < 1.0:
         raise ConfigError(f"momentum must be in [0, 1), got {c.momentum}")
     if c.batch_size < 1:
@@ -372,6 +379,9 @@ class Variant:
 
     def config(self, **overrides: Any) -> Config:
         """The variant's config, with ``overrides`` applied on top."""
+        unknown = sorted(set(overrides) - set(field_names()))
+        if unknown:
+            raise ConfigError(_unknown_fields_message(unknown))
         return Config(**{"name": self.name, **self.fields, **overrides})
 
 

@@ -86,7 +86,7 @@ class RandomFeedback(nn.Module):
         if h.requires_grad:
             # Same value, but d out / d h goes through the fixed random weights.
             through_feedback = self._apply_weight(h, self.feedback, None)
-            out = out + through_feedback - through_feedback.detach()
+            out = out + (through_feedback - through_feedback.detach())
         return out
 
 
@@ -122,6 +122,7 @@ class CircularBlock(nn.Module):
         Returns:
             The protocol tensors, ``code`` and (authors' rule) ``enc_presyn``.
         """
+        self._check_input(x)
         c = self.config
         last = c.circulations - 1 if keep_all else self._last
         lam = c.regression
@@ -164,6 +165,15 @@ class CircularBlock(nn.Module):
             out["reconstructions"] = reconstructions  # type: ignore[assignment]
         return out
 
+    def _check_input(self, x: Tensor) -> None:
+        layer = self.encoder[0] if isinstance(self.encoder, nn.Sequential) else None
+        if isinstance(layer, nn.Linear) and (x.dim() != 2 or x.shape[1] != layer.in_features):
+            raise DataError(f"expected block input of shape (B, {layer.in_features}), "
+                            f"got {tuple(x.shape)}")
+        if isinstance(layer, nn.Conv2d) and (x.dim() != 4 or x.shape[1] != layer.in_channels):
+            raise DataError(f"expected block input of shape (B, {layer.in_channels}, H, W), "
+                            f"got {tuple(x.shape)}")
+
     @property
     def encoder_weight(self) -> Tensor:
         """The encoder's weight (A)."""
@@ -197,12 +207,14 @@ def linear_block(config: Config, block: int, d_in: int, d_hidden: int) -> Circul
     return CircularBlock(encoder, decoder, config)
 
 
-def conv_block(config: Config, block: int, c_in: int, c_hidden: int) -> CircularBlock:
+def conv_block(config: Config, block: int, c_in: int, c_hidden: int,
+               output_padding: tuple[int, int] = (0, 0)) -> CircularBlock:
     """A convolutional block: Conv2d+activation, ConvTranspose2d+activation."""
     kernel = config.per_block("kernel_sizes")[block]
     stride = config.per_block("strides")[block]
     padding = config.per_block("paddings")[block]
-    decoder_layer: nn.Module = nn.ConvTranspose2d(c_hidden, c_in, kernel, stride, padding)
+    decoder_layer: nn.Module = nn.ConvTranspose2d(c_hidden, c_in, kernel, stride, padding,
+                                                  output_padding)
     if config.decoder_backward == "random":
         decoder_layer = RandomFeedback(decoder_layer)
     encoder = nn.Sequential(nn.Conv2d(c_in, c_hidden, kernel, stride, padding),
@@ -247,8 +259,11 @@ class Tourbillon(nn.Module):
         if config.arch == "linear":
             s = config.sizes
             return [linear_block(config, k, s[k], s[k + 1]) for k in range(len(s) - 1)]
-        ch = config.channels
-        return [conv_block(config, k, ch[k], ch[k + 1]) for k in range(len(ch) - 1)]
+        ch, size, blocks = config.channels, config.input_size, []
+        for k in range(len(ch) - 1):
+            size, extra = _conv_sizes(config, k, size)
+            blocks.append(conv_block(config, k, ch[k], ch[k + 1], extra))
+        return blocks
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -262,8 +277,16 @@ class Tourbillon(nn.Module):
         shapes = [self.input_shape]
         x = torch.zeros(1, *self.input_shape)
         with torch.no_grad():
-            for block in self.blocks:
-                x = block.encoder(x)
+            for k, block in enumerate(self.blocks):
+                code = block.encoder(x)
+                back = block.decoder(code)
+                if back.shape != x.shape:
+                    raise ConfigError(
+                        f"block {k} maps inputs of shape {tuple(x.shape[1:])} to codes "
+                        f"{tuple(code.shape[1:])} and back to {tuple(back.shape[1:])}; "
+                        "choose kernel_sizes, strides and paddings whose transposed "
+                        "convolution restores the input size")
+                x = code
                 shapes.append(tuple(x.shape[1:]))
         return shapes
 
@@ -277,7 +300,7 @@ class Tourbillon(nn.Module):
             )
 
     def forward(self, x: Tensor, upto: int | None = None) -> dict[str, Tensor]:
-        """Run blocks ``0..upto`` (all by default) and the head.
+        """Run blocks ``0..upto``, or all blocks and the head when ``upto`` is None.
 
         Returns:
             ``{key}_{k}`` for every block output key, and ``output`` (head
@@ -294,7 +317,7 @@ class Tourbillon(nn.Module):
             code = result["code"]
             if self.config.input_graph == "detach":
                 code = code.detach()
-        if upto is None or upto == len(self.blocks) - 1:
+        if upto is None:
             features = out[f"code_{top}"] if self.blocks else x
             if self.config.head_graph == "detach":
                 features = features.detach()
@@ -417,6 +440,27 @@ class TourbillonConv(_ProtocolOnly, Tourbillon):
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # type: ignore[override]
         out = super().forward(x)
         return self._protocol(out, [f"_{k}" for k in range(len(self.blocks))])
+
+
+def _conv_sizes(config: Config, k: int, size: tuple[int, int]
+                ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Block ``k``'s code size from input ``size``, and the transposed
+    convolution's output padding that restores ``size``."""
+    kernel = config.per_block("kernel_sizes")[k]
+    stride = config.per_block("strides")[k]
+    padding = config.per_block("paddings")[k]
+    code, extra = [], []
+    for n, kk, s, p in zip(size, kernel, stride, padding):
+        c = (n + 2 * p - kk) // s + 1
+        back = (c - 1) * s - 2 * p + kk
+        if c < 1 or not 0 <= n - back < s:
+            raise ConfigError(
+                f"block {k}: kernel_sizes={kernel}, strides={stride}, paddings={padding} "
+                f"cannot map a {size[0]}x{size[1]} input to a code and back to the "
+                "same size")
+        code.append(c)
+        extra.append(n - back)
+    return (code[0], code[1]), (extra[0], extra[1])
 
 
 def _per_block_list(name: str, value, blocks: int) -> list[tuple[int, int]]:

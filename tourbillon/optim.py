@@ -14,7 +14,8 @@ class AveragedMomentumSGD(torch.optim.Optimizer):
     """SGD whose momentum is a running average of gradients.
 
     ``m = momentum * m + (1 - momentum) * g`` and ``w -= lr_t * m`` with
-    ``lr_t = lr / (1 + decay * t)``, ``t`` the number of earlier steps.
+    ``lr_t = lr / (1 + decay * t)``, ``t`` the number of earlier steps of the
+    parameter group (kept in the group, so it is saved with the state).
 
     Args:
         params: parameters to update.
@@ -34,20 +35,18 @@ class AveragedMomentumSGD(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            bufs = []
+            averages = []
             for p in params:
                 state = self.state[p]
                 if "average" not in state:
                     state["average"] = torch.zeros_like(p)
-                    state["step"] = 0
-                bufs.append(state["average"])
-            t = self.state[params[0]]["step"]
+                averages.append(state["average"])
+            t = group.setdefault("step", 0)
             lr_t = group["lr"] / (1.0 + group["decay"] * t)
-            torch._foreach_mul_(bufs, group["momentum"])
-            torch._foreach_add_(bufs, grads, alpha=1.0 - group["momentum"])
-            torch._foreach_add_(params, bufs, alpha=-lr_t)
-            for p in params:
-                self.state[p]["step"] += 1
+            # m <- m + (1 - momentum) (g - m), then w <- w - lr_t m.
+            torch._foreach_lerp_(averages, grads, 1.0 - group["momentum"])
+            torch._foreach_add_(params, averages, alpha=-lr_t)
+            group["step"] = t + 1
 
 
 def make_optimizer(params: Iterable[Tensor], config: Config) -> torch.optim.Optimizer:
