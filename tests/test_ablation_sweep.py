@@ -184,6 +184,15 @@ def test_a_killed_sweep_resumes_and_keeps_finished_runs(tmp_path):
     after = cell_files(out)
     assert len(after) == 6
     assert {k: after[k] for k in finished} == finished
+    assert load_ablation(out).design["status"] == "done"
+
+
+def test_loading_an_unfinished_sweep_is_refused(tmp_path):
+    small_ablation(tmp_path)
+    design = json.loads((tmp_path / "sweep.json").read_text())
+    (tmp_path / "sweep.json").write_text(json.dumps({**design, "status": "running"}))
+    with pytest.raises(DataError, match="did not finish"):
+        load_ablation(tmp_path)
 
 
 def test_recording_writes_hparams_into_each_run(tmp_path, monkeypatch):

@@ -145,7 +145,9 @@ def run_ablation(failing: Config, working: Config, out_dir: str | Path, *,
                       f"ignored: every cell uses {failing.dataset!r}", stacklevel=2)
     base = failing.replace(epochs=epochs, head_epochs=head_epochs
                            if head_epochs is not None else failing.head_epochs)
-    options = RunOptions(probe_epochs, max_train, max_test, data_root, device, record)
+    options = RunOptions(probe_epochs=probe_epochs, max_train=max_train,
+                         max_test=max_test, data_root=data_root, device=device,
+                         record=record)
     fingerprint = options.fingerprint()
     design: dict[str, Any] = {
         "kind": "ablation", "format": 1, "status": "running",
@@ -293,7 +295,9 @@ def run_grid(base: Config, grid: dict[str, list[Any]], out_dir: str | Path, *,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = base.replace(epochs=epochs)
-    options = RunOptions(probe_epochs, max_train, max_test, data_root, device, record)
+    options = RunOptions(probe_epochs=probe_epochs, max_train=max_train,
+                         max_test=max_test, data_root=data_root, device=device,
+                         record=record)
     runs_list = grid_runs(start, grid, seeds, options.fingerprint())
     design: dict[str, Any] = {
         "kind": "grid", "format": 1, "status": "running", "base": base.to_dict(),
@@ -397,6 +401,10 @@ def load_ablation(out_dir: str | Path) -> AblationResult:
         raise DataError(f"{out_dir} lacks {', '.join(missing)}: not a finished sweep "
                         "(repeat the run_ablation or run_grid call to resume it)")
     design = json.loads((out_dir / SWEEP).read_text())
+    if design.get("status") != "done":
+        raise DataError(f"the last sweep in {out_dir} did not finish (its summary "
+                        "files may be from an earlier one); repeat its call to "
+                        "resume it")
     runs = pd.read_csv(out_dir / RESULTS)
     for column in runs.columns:
         if column.startswith(AXIS_PREFIX):
