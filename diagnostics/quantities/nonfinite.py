@@ -1,0 +1,89 @@
+"""The first NaN or Inf in a block's outputs or gradients, reported at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..schedule import Schedule
+from .base import Call, Quantity, Sink, UpdateContext
+
+
+def first_nonfinite(tensors: list[Tensor]) -> int | None:
+    """Index of the first tensor holding a NaN or Inf, else None.
+
+    One reduction per tensor and one host sync for the whole list; a tensor
+    is inspected element-wise only when its sum is not finite.
+    """
+    if not tensors:
+        return None
+    sums = torch.stack([t.detach().float().sum() for t in tensors])
+    if bool(torch.isfinite(sums).all()):
+        return None
+    for i, t in enumerate(tensors):
+        if not bool(torch.isfinite(t.detach()).all()):
+            return i
+    return None  # a finite sum overflowed: nothing is actually non-finite
+
+
+class Nonfinite(Quantity):
+    """The first call output holding a NaN or Inf, in call order.
+
+    Checked at every step by default (one sum per output, one sync). A
+    non-finite weight shows in the next forward's outputs, so a bad update
+    is caught one step later at most; gradients themselves are checked by
+    :class:`NonfiniteGrads` on its own schedule.
+    """
+
+    name = "nonfinite"
+
+    def __init__(self, schedule: Schedule) -> None:
+        super().__init__(schedule)
+        self._calls: list[Call] = []
+        self.found: dict[str, Any] | None = None
+
+    def on_call(self, call: Call, sink: Sink) -> None:
+        if self.found is None:
+            self._calls.append(call)
+
+    def before_update(self, ctx: UpdateContext, sink: Sink) -> None:
+        calls, self._calls = self._calls, []
+        i = first_nonfinite([c.output for c in calls])
+        if i is not None:
+            c = calls[i]
+            self.found = {"event": "nonfinite", "block": c.block, "half": c.half,
+                          "circulation": c.circulation, "module": c.module,
+                          "tensor": "output"}
+            sink.event(self.found)
+
+
+class NonfiniteGrads(Quantity):
+    """The first parameter gradient holding a NaN or Inf, in block order."""
+
+    name = "nonfinite_grads"
+
+    def __init__(self, schedule: Schedule) -> None:
+        super().__init__(schedule)
+        self.found: dict[str, Any] | None = None
+
+    def before_update(self, ctx: UpdateContext, sink: Sink) -> None:
+        if self.found is not None:
+            return
+        where, grads = [], []
+        for k, halves in ctx.params.items():
+            for half, params in halves.items():
+                for name, p in params.items():
+                    if p.grad is not None:
+                        where.append((k, half, name))
+                        grads.append(p.grad)
+        i = first_nonfinite(grads)
+        if i is None:
+            return
+        k, half, name = where[i]
+        module, _, parameter = f"{ctx.module_names[k][half]}.{name}".rpartition(".")
+        self.found = {"event": "nonfinite", "block": k, "half": half,
+                      "circulation": None, "module": module, "tensor": "grad",
+                      "parameter": parameter}
+        sink.event(self.found)

@@ -1,0 +1,177 @@
+"""The recorder as a ``tourbillon.train.Callback`` for the Trainer and the CLI."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tourbillon.rules import decoder_objective, encoder_objective, feedback_objective
+from tourbillon.train import Callback, Trainer
+
+from . import tags
+from .recording import Recorder
+
+log = logging.getLogger(__name__)
+
+PROBE_EXAMPLES = 512
+# The trainer's epoch metrics and the tags they are recorded under.
+EPOCH_METRICS = {"test_recon_mse": tags.test_metric("recon_mse"),
+                 "test_accuracy": tags.test_metric("accuracy"),
+                 "probe_accuracy": tags.test_metric("probe_accuracy")}
+
+
+def epoch_scalars(metrics: dict[str, Any], blocks: int) -> dict[str, float]:
+    """The trainer's epoch metrics under their tags (missing ones left out)."""
+    names = dict(EPOCH_METRICS)
+    for k in range(blocks):
+        for which in ("first", "code"):
+            names[f"block{k}_probe_{which}"] = tags.probe(k, which)
+    return {tag: float(metrics[key]) for key, tag in names.items()
+            if metrics.get(key) is not None}
+
+
+class TrainerRecorder(Callback):
+    """Records a Trainer's run into ``logdir`` (TensorBoard and records.jsonl).
+
+    The probe batch is the first ``probe_examples`` test examples (never
+    trained on). Evaluation forwards run under ``no_grad`` and are not
+    recorded. Use it as a context manager around ``fit()`` to be sure the
+    hooks go whatever happens; without one, a failing training step or
+    evaluation still removes them (see :meth:`on_train_start`).
+
+    Args:
+        logdir: the run directory.
+        mode: ``off`` (records nothing, writes nothing), ``default``, ``full``.
+        probe_examples: size of the held-out probe batch.
+        options: further :class:`~diagnostics.recording.Recorder` arguments
+            (schedules, for instance).
+    """
+
+    def __init__(self, logdir: str | Path, mode: str = "default", *,
+                 probe_examples: int = PROBE_EXAMPLES, **options: Any) -> None:
+        self.logdir = Path(logdir)
+        self.mode = mode
+        self.probe_examples = probe_examples
+        self.options = options
+        self.recorder: Recorder | None = None
+        self._trainer: Trainer | None = None
+
+    def __enter__(self) -> "TrainerRecorder":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Attach to the trainer's model.
+
+        Until the Trainer calls ``on_train_end`` in a ``finally``, the
+        trainer's ``train_step`` and ``evaluate`` are wrapped so that an
+        exception in them closes the recorder before it propagates.
+        """
+        if self.mode == "off":
+            return
+        data, n = trainer.data, self.probe_examples
+        probe = (data.x_test[:n].to(trainer.device), data.y_test[:n].to(trainer.device))
+        self.recorder = Recorder(
+            trainer.model, self.logdir, mode=self.mode, probe_batch=probe,
+            image_shape=data.image_shape, config=trainer.config.to_dict(),
+            start_step=trainer.step, epoch=trainer.epoch, **self.options)
+        self.recorder.attach()
+        self._trainer = trainer
+        for name in ("train_step", "evaluate"):
+            setattr(trainer, name, self._closing_on_error(getattr(trainer, name)))
+
+    def after_backward(self, trainer: Trainer, out: dict[str, Tensor],
+                       batch: tuple[Tensor, Tensor]) -> None:
+        if self.recorder is None:
+            return
+        self.recorder.epoch = trainer.epoch
+        loss = getattr(trainer, "loss", None)
+        if loss is None and type(trainer).objective is not Trainer.objective:
+            self.recorder.report_not_measured(
+                tags.train_loss(), f"{type(trainer).__name__} has its own objective "
+                "and the Trainer does not hand the loss to callbacks")
+        elif loss is None:
+            loss = functools.partial(training_objective, trainer, out, batch[1])
+        self.recorder.before_update(loss=loss)
+
+    def after_step(self, trainer: Trainer) -> None:
+        if self.recorder is not None:
+            self.recorder.after_update()
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        if self.recorder is not None:
+            self.recorder.epoch = trainer.epoch
+            scalars = epoch_scalars(metrics, _blocks(trainer))
+            self.recorder.log_scalars(scalars, step=trainer.step)
+            self.recorder.flush()
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self.recorder is not None and trainer.history:
+            final = epoch_scalars(trainer.history[-1], _blocks(trainer))
+            self.recorder.write_hparams(trainer.config.to_dict(), final,
+                                        log_metrics=False)
+        self.close()
+
+    def close(self) -> None:
+        """Remove the hooks and the trainer wrappers, close the files."""
+        if self._trainer is not None:
+            for name in ("train_step", "evaluate"):
+                self._trainer.__dict__.pop(name, None)
+            self._trainer = None
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def _closing_on_error(self, method):
+        @functools.wraps(method)
+        def guarded(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except BaseException:
+                self.close()
+                raise
+        return guarded
+
+
+def _blocks(trainer: Trainer) -> int:
+    return getattr(trainer, "num_blocks", None) or len(trainer.model.blocks)
+
+
+def training_objective(trainer: Trainer, out: dict[str, Tensor], labels: Tensor
+                       ) -> Tensor | None:
+    """The step's objective, rebuilt from the output (the trainer does not pass it).
+
+    The active blocks are all blocks for the ``joint`` schedule and the top
+    block in ``out`` otherwise; None for ``asynchronous`` with a joint head,
+    where the active block cannot be told from the output.
+    """
+    c, model = trainer.config, trainer.model
+    present = [k for k in range(_blocks(trainer)) if f"enc_output_{k}" in out]
+    head_now = c.head == "joint" and getattr(model, "head", None) is not None
+    if c.schedule == "sequential" and present:
+        active = [trainer.stage(trainer.epoch)]
+    elif c.schedule == "asynchronous" and present:
+        if head_now and len(present) > 1:
+            return None
+        active = [max(present)]
+    else:
+        active = present
+    with torch.no_grad():
+        loss = torch.zeros((), device=trainer.device)
+        for k in active:
+            loss = loss + encoder_objective(out, c, f"_{k}")
+            loss = loss + decoder_objective(out, c, f"_{k}")
+        if head_now:
+            loss = loss + F.cross_entropy(out["output"], labels)
+            if c.feedback == "random":
+                loss = loss + feedback_objective(model, out, labels, active)
+    return loss
