@@ -184,6 +184,120 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_spec(spec: str, overrides: list[str] = ()) -> Config:
+    """A config from ``"[VARIANT] [field=value ...]"`` (variant default: reference)."""
+    tokens = spec.split()
+    variant = "reference"
+    if tokens and "=" not in tokens[0]:
+        variant = tokens.pop(0)
+    return resolve(variant, parse_overrides([*tokens, *overrides]))
+
+
+def _subject(label: str, spec: str, overrides: list[str], args: argparse.Namespace):
+    from diagnostics.diagnose import Subject
+
+    shared = {"dataset": args.dataset} if args.dataset else {}
+    if ":" in spec and "=" not in spec.split(":")[0]:
+        from diagnostics.user_model import load_factory, recipe_config
+        return Subject(label, recipe_config(spec, **shared), load_factory(spec), spec)
+    return Subject(label, parse_spec(spec, overrides).replace(**shared), None, spec)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds expects comma-separated integers, got {text!r}") \
+            from None
+
+
+def _progress_printer(quiet: bool):
+    def say(stage: str, detail: str) -> None:
+        print(f"[{stage}] {detail}", flush=True)
+    return None if quiet else say
+
+
+def _summary(diagnosis, out: Path) -> None:
+    print(f"verdict: {diagnosis.verdict['verdict']}")
+    for reason in diagnosis.verdict["reasons"]:
+        print(f"  - {reason}")
+    for cause in diagnosis.causes[:3]:
+        low, high = cause["ci"]
+        print(f"cause {cause['rank']}: {cause['axis']} {json.dumps(cause['from'])} -> "
+              f"{json.dumps(cause['to'])}: {cause['metric']} {cause['effect']:+.4f} "
+              f"[{low:+.4f}, {high:+.4f}]")
+    failing = [f for f in diagnosis.findings if f.get("subject") == "failing"]
+    print(f"findings: {len(failing)} on the failing run "
+          f"({', '.join(sorted({f['rule'] for f in failing})) or 'none'})")
+    print(f"report: {diagnosis.report}")
+    print(f"findings.json: {diagnosis.findings_json}")
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from diagnostics.diagnose import DiagnoseOptions, diagnose
+
+    failing = _subject("failing", args.model or args.failing, args.set_failing, args)
+    working = None
+    against = args.against if args.model else (args.against or args.working)
+    if against:
+        working = _subject("working", against, args.set_working, args)
+    options = DiagnoseOptions(
+        epochs=args.epochs, seeds=_seeds(args.seeds), workers=args.workers,
+        record=args.record, probe_epochs=args.probe_epochs, out=Path(args.out),
+        max_train=args.max_train, max_test=args.max_test, data_root=args.data_dir,
+        download=args.download)
+    diagnosis = diagnose(failing, working, options, command=sys.argv,
+                         progress=_progress_printer(args.quiet))
+    _summary(diagnosis, Path(args.out))
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from diagnostics.ablation import load_grid, run_ablation, run_grid
+
+    common = dict(epochs=args.epochs, seeds=_seeds(args.seeds), workers=args.workers,
+                  record=args.record, probe_epochs=args.probe_epochs,
+                  max_train=args.max_train, max_test=args.max_test,
+                  data_root=args.data_dir, progress=not args.quiet)
+    if args.grid:
+        grid = load_grid(args.grid)
+        result = run_grid(grid["base"], grid["grid"], args.out, **common)
+    else:
+        result = run_ablation(parse_spec(args.failing, args.set_failing),
+                              parse_spec(args.working, args.set_working), args.out,
+                              **common)
+    for cause in result.causes:
+        low, high = cause["ci"]
+        print(f"{cause['rank']}. {cause['axis']}: {cause['metric']} "
+              f"{cause['effect']:+.4f} [{low:+.4f}, {high:+.4f}]")
+    print(f"results: {result.out_dir}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from diagnostics.diagnose import rebuild_report
+
+    diagnosis = rebuild_report(args.runs_dir, args.out, command=sys.argv)
+    _summary(diagnosis, Path(args.out or Path(args.runs_dir).parent))
+    return 0
+
+
+def _add_sweep_options(p: argparse.ArgumentParser, epochs: int, seeds: str) -> None:
+    p.add_argument("--epochs", type=int, default=epochs,
+                   help=f"epochs of every run (default {epochs})")
+    p.add_argument("--seeds", default=seeds, help=f"comma-separated seeds ({seeds})")
+    p.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    p.add_argument("--record", default="default", choices=RECORD_MODES,
+                   help="recorder mode of every run")
+    p.add_argument("--probe-epochs", type=int, default=10, metavar="N",
+                   help="epochs of each linear probe")
+    p.add_argument("--max-train", type=int, help="use only the first N training examples")
+    p.add_argument("--max-test", type=int, help="use only the first N test examples")
+    p.add_argument("--set-failing", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--set-working", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 # -- entry point ------------------------------------------------------------------------
 
 
@@ -219,6 +333,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logdir", default="runs", help="parent of run directories")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("diagnose", help="the whole diagnosis: train, record, detect, "
+                       "ablate, report")
+    p.add_argument("--failing", default="reference", metavar="SPEC",
+                   help="failing config: 'VARIANT [field=value ...]' (reference)")
+    p.add_argument("--working", default="authors", metavar="SPEC",
+                   help="working config to compare and ablate against (authors)")
+    p.add_argument("--model", metavar="PKG.MODULE:FACTORY",
+                   help="diagnose your own protocol model instead of --failing")
+    p.add_argument("--against", metavar="SPEC|PKG.MODULE:FACTORY",
+                   help="with --model: a working config or factory (no comparison "
+                   "without it)")
+    _add_data_options(p)
+    _add_sweep_options(p, epochs=2, seeds="0,1")
+    p.add_argument("--out", default=".", help="parent of runs/ and reports/ (.)")
+    p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("ablate", help="measure which differences make a config fail")
+    p.add_argument("--failing", default="reference", metavar="SPEC")
+    p.add_argument("--working", default="authors", metavar="SPEC")
+    p.add_argument("--grid", metavar="TOML", help="cross the values of a TOML grid "
+                   "instead")
+    _add_data_options(p)
+    _add_sweep_options(p, epochs=2, seeds="0,1,2")
+    p.add_argument("--out", default="runs/ablation", help="sweep directory")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("report", help="rebuild the report from a diagnosis's runs")
+    p.add_argument("runs_dir", help="the runs/ folder of a diagnosis")
+    p.add_argument("--out", help="where reports/ goes (default: beside RUNS_DIR)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
