@@ -6,12 +6,15 @@ records and :func:`detect_run` on a run directory. Thresholds live in one
 frozen :class:`Thresholds`; static model facts (output ranges, targets,
 observed inputs) in :class:`ModelFacts`.
 
-Example::
+Example, on a run directory recorded by ``diagnostics.recorder`` (with
+``facts_from_model(model, x).save(run_dir)`` done before training)::
 
-    from diagnostics.detectors import detect_run
-    result = detect_run("runs/reference")
+    from diagnostics.detectors import Thresholds, detect_run
+
+    result = detect_run(run_dir, thresholds=Thresholds(collapse_ratio=0.1))
     for finding in result.findings:
-        print(finding.severity, finding.rule, finding.message)
+        print(finding.severity, finding.rule, finding.block, finding.half,
+              finding.circulation, finding.step)
     for item in result.not_checked:
         print("not checked:", item.rule, item.what, item.why)
 """

@@ -9,7 +9,7 @@ import pandas as pd
 
 from .facts import BlockFacts, ModelFacts
 from .finding import Finding, NotChecked
-from .series import as_series
+from .series import Persistence, as_series, persistent
 from .thresholds import Thresholds
 
 HALF_WORDS = {"enc": "encoder", "dec": "decoder"}
@@ -144,7 +144,24 @@ class Outcome:
             message=message, severity=self.rule.severity, title=self.rule.title))
 
     def skip(self, what: str, why: str) -> None:
-        self.not_checked.append(NotChecked(self.rule.name, what, why))
+        entry = NotChecked(self.rule.name, what, why)
+        if entry not in self.not_checked:
+            self.not_checked.append(entry)
+
+
+def hold(data: RunData, out: Outcome, what: str, held: pd.Series
+         ) -> Persistence | None:
+    """Where ``held`` starts to hold persistently (see :class:`Thresholds`).
+
+    A series with fewer entries than ``persist_steps`` cannot tell: it is
+    reported as not checked for ``what``, never read as "does not hold".
+    """
+    th = data.thresholds
+    if len(held) < th.persist_steps:
+        out.skip(what, f"{len(held)} recorded step(s) of {what}; persistence "
+                 f"needs at least {th.persist_steps}")
+        return None
+    return persistent(held, th.persist_steps, th.persist_fraction)
 
 
 def _number(value: Any) -> float | int | None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..base import Outcome, Rule, RunData, num, register, where
-from ..series import last_finite, median_from, persistent, smooth
+from ..base import Outcome, Rule, RunData, hold, num, register, where
+from ..series import last_finite, median_from, smooth
 
 
 @register
@@ -25,8 +25,7 @@ class DescentMisaligned(Rule):
             return
         for (block, half, _, _), cosine in sorted(groups.items()):
             smoothed = smooth(cosine, th.smooth_steps)
-            p = persistent(smoothed <= th.align_max, th.persist_steps,
-                           th.persist_fraction)
+            p = hold(data, out, f"block{block}/align/{half}", smoothed <= th.align_max)
             if p is None:
                 continue
             weights = last_finite(data.series("align/weights", block))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..base import Outcome, Rule, RunData, num, pct, register, where
+from ..base import Outcome, Rule, RunData, hold, num, pct, register, where
 from ..inputs import Reference, input_batch_std, value_after
-from ..series import median_from, persistent
+from ..series import median_from
 
 
 def spread_ratio(data: RunData, block: int, half: str, circulation: int,
@@ -58,8 +58,8 @@ class Collapse(Rule):
                 if b != block:
                     continue
                 ratio, words = spread_ratio(data, block, "dec", circulation, reference)
-                p = persistent(ratio <= th.collapse_ratio, th.persist_steps,
-                               th.persist_fraction)
+                p = hold(data, out, f"block{block}/dec/c{circulation}",
+                         ratio <= th.collapse_ratio)
                 if p is not None:
                     hits.append((circulation, ratio, p, words))
             if hits:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..base import Outcome, Rule, RunData, num, register, where
-from ..series import persistent
+from ..base import Outcome, Rule, RunData, hold, num, register, where
 
 
 @register
@@ -64,7 +63,7 @@ class FrozenWeights(Rule):
         th = data.thresholds
         parts = [s <= th.zero_tolerance for s in (grads, updates) if s is not None]
         held = pd.concat(parts, axis=1).any(axis=1).sort_index()
-        p = persistent(held, th.persist_steps, th.persist_fraction)
+        p = hold(data, out, f"block{block}/{half}", held)
         if p is None:
             return
         grad_max = float(grads.max()) if grads is not None else float("nan")

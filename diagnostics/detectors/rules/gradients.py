@@ -7,13 +7,13 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from ..base import Outcome, Rule, RunData, num, register, where
-from ..series import Persistence, first_finite, median_from, persistent
+from ..base import Outcome, Rule, RunData, hold, num, register, where
+from ..series import Persistence, first_finite, median_from
 
 Condition = Callable[[pd.Series, float], pd.Series]
 
 
-def per_half(data: RunData, condition: Condition
+def per_half(data: RunData, out: Outcome, condition: Condition
              ) -> dict[tuple[int, str], tuple[str, pd.Series, Persistence, float]]:
     """The earliest persistent parameter of each (block, half).
 
@@ -25,7 +25,8 @@ def per_half(data: RunData, condition: Condition
     groups = data.groups("grad_norm/", prefix=True)
     for (block, half, _, param), norms in groups.items():
         first = first_finite(norms[norms > th.zero_tolerance])
-        p = persistent(condition(norms, first), th.persist_steps, th.persist_fraction)
+        p = hold(data, out, f"block{block}/grad_norm/{half}/{param}",
+                 condition(norms, first))
         if p is None:
             continue
         if (block, half) not in found or p.step < found[(block, half)][2].step:
@@ -61,7 +62,7 @@ class ExplodingGradient(Rule):
             grown = norms / first > th.explode_growth if first > 0 else False
             return finite & ((norms > th.explode_grad_norm) | grown)
 
-        found = per_half(data, exploding)
+        found = per_half(data, out, exploding)
         for (block, half), (param, norms, p, first) in found.items():
             peak = float(norms[np.isfinite(norms)].max())
             evidence = {"grad_norm_first": first, "grad_norm_max": peak,
@@ -101,7 +102,7 @@ class VanishingGradient(Rule):
                 small = small | (norms / first <= th.vanish_decay)
             return (norms > th.zero_tolerance) & small
 
-        found = per_half(data, vanishing)
+        found = per_half(data, out, vanishing)
         for (block, half), (param, norms, p, first) in found.items():
             evidence = {"grad_norm_first": first,
                         "grad_norm_median_after": median_from(norms, p.step),

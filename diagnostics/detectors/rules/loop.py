@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..base import Outcome, Rule, RunData, num, pct, register, where
+from ..base import Outcome, Rule, RunData, hold, num, pct, register, where
 from ..inputs import input_mean_mse, value_after
-from ..series import median_from, persistent, smooth
+from ..series import median_from, smooth
 
 
 def displacements(data: RunData, block: int) -> dict[int, pd.Series]:
@@ -55,8 +55,8 @@ class UnsettledLoop(Rule):
                 continue
             before = d[last - 1].reindex(d[last].index)
             ratio = d[last] / before.where(before > th.zero_tolerance)
-            p = persistent(ratio >= th.unsettled_ratio, th.persist_steps,
-                           th.persist_fraction)
+            p = hold(data, out, f"block{block}/settle/c{last}",
+                     ratio >= th.unsettled_ratio)
             if p is None:
                 continue
             evidence = {"displacement_before": median_from(before, p.step),
@@ -107,7 +107,7 @@ class FarFixedPoint(Rule):
                                th.smooth_steps)
             settled = d[last] <= th.settled_ratio * d[0].reindex(d[last].index)
             far = (true_last / baseline).reindex(d[last].index) >= th.far_fraction
-            p = persistent(settled & far, th.persist_steps, th.persist_fraction)
+            p = hold(data, out, f"block{block}/settle/c{last}", settled & far)
             if p is None:
                 continue
             evidence = {"displacement_first": median_from(d[0], p.step),

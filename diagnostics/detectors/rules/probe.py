@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..base import Outcome, Rule, RunData, num, pct, register
-from ..series import last_finite, median_from, persistent, smooth
+from ..base import Outcome, Rule, RunData, hold, pct, register
+from ..series import last_finite, median_from, smooth
 
 WHICH = {"first": "first-pass code", "code": "code passed up"}
 
@@ -61,8 +61,7 @@ class ProbeChance(Rule):
                     continue
                 source, series = candidates[0]
                 smoothed = smooth(series, th.smooth_steps)
-                p = persistent(smoothed <= limit, th.persist_steps,
-                               th.persist_fraction)
+                p = hold(data, out, source, smoothed <= limit)
                 if p is not None:
                     self._report(data, out, block, which, source, series, p)
 

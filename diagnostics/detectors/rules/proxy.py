@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..base import Outcome, Rule, RunData, num, pct, register, where
+from ..base import Outcome, Rule, RunData, hold, num, pct, register, where
 from ..inputs import input_mean_mse, value_after
-from ..series import early, last_finite, median_from, persistent, smooth
+from ..series import early, last_finite, median_from, smooth
 
 
 @register
@@ -31,7 +31,6 @@ class ProxySatisfied(Rule):
              "facts: input_mean_mse")
 
     def check(self, data: RunData, out: Outcome) -> None:
-        th = data.thresholds
         drifts = data.groups("drift")
         if not drifts or not data.has("true_error"):
             missing = "drift" if not drifts else "true_error"
@@ -63,8 +62,8 @@ class ProxySatisfied(Rule):
         stays = t >= th.proxy_true_flat * t0
         if baseline is not None:
             stays = stays | (t >= th.far_fraction)
-        p = persistent((d <= th.proxy_drift_fall * d0) & stays, th.persist_steps,
-                       th.persist_fraction)
+        p = hold(data, out, f"block{block}/drift/{half}",
+                 (d <= th.proxy_drift_fall * d0) & stays)
         if p is None:
             return
         true_now = median_from(true, p.step)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..base import Outcome, Rule, RunData, num, pct, register, where
-from ..series import median_from, persistent
+from ..base import Outcome, Rule, RunData, hold, num, pct, register, where
+from ..series import median_from
 from ..inputs import input_batch_std
 from .collapse import spread_ratio
 
@@ -50,8 +50,8 @@ class UninformativeTarget(Rule):
                     out.skip(f"block{block}/{half}", f"no block{block}/{half}/"
                              f"c{target}/batch_std tags were recorded")
                     continue
-                p = persistent(ratio <= th.target_spread_ratio, th.persist_steps,
-                               th.persist_fraction)
+                p = hold(data, out, f"block{block}/{half}/c{target}",
+                         ratio <= th.target_spread_ratio)
                 if p is not None:
                     self._report(data, out, block, half, target, ratio, p, words)
 

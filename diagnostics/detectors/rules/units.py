@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..base import Outcome, Rule, RunData, num, pct, register, where
+from ..base import Outcome, Rule, RunData, hold, pct, register, where
 from ..inputs import Reference, input_share, source_range, value_after
-from ..series import Persistence, median_from, persistent
+from ..series import Persistence, median_from
 
 
 Hit = tuple[int, pd.Series, Persistence, Reference]  # circulation, series, ...
@@ -22,7 +22,6 @@ def unit_rule(data: RunData, out: Outcome, stat: str, threshold: float,
     call, else ``baseline_field`` of the facts), and are not checked without
     facts.
     """
-    th = data.thresholds
     groups = data.groups(stat)
     if not groups:
         out.skip("all", data.not_measured(stat) or f"no {stat} tags were recorded")
@@ -43,8 +42,8 @@ def unit_rule(data: RunData, out: Outcome, stat: str, threshold: float,
                          f"{baseline_words}, which needs model facts")
                 continue
         for circulation, series in sorted(parts.items()):
-            p = persistent((series - baseline).dropna() >= threshold,
-                           th.persist_steps, th.persist_fraction)
+            p = hold(data, out, f"block{block}/{half}/c{circulation}/{stat}",
+                     (series - baseline).dropna() >= threshold)
             if p is not None:
                 found.setdefault((block, half), []).append(
                     (circulation, series, p, baseline))

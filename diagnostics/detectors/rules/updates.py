@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..base import Outcome, Rule, RunData, num, register, where
-from ..series import Persistence, median_from, persistent
+from ..base import Outcome, Rule, RunData, hold, num, register, where
+from ..series import Persistence, median_from
 
 
 @register
@@ -36,7 +36,8 @@ class UpdateRatio(Rule):
             for large in (True, False):
                 beyond = (ratios > th.update_ratio_high if large
                           else ratios < th.update_ratio_low)
-                p = persistent(moving & beyond, th.persist_steps, th.persist_fraction)
+                p = hold(data, out, f"block{block}/update_ratio/{half}/{param}",
+                         moving & beyond)
                 if p is not None and ((block, half) not in found
                                       or p.step < found[(block, half)][2].step):
                     found[(block, half)] = (param, ratios, p, large)
