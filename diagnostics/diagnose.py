@@ -39,7 +39,7 @@ from .ablation import AblationResult, run_ablation
 from .detectors import detect_run
 from .detectors.facts import facts_from_model
 from .trainer_callback import TrainerRecorder
-from .user_model import ProtocolTrainer, recipe_config
+from .user_model import USER_MODEL, ProtocolTrainer
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,9 @@ def train_recorded(subject: Subject, data: Dataset, options: DiagnoseOptions,
     config = subject.config.replace(epochs=options.epochs)
     trainer_options = dict(eval_every=1, probe_epochs=options.probe_epochs,
                            progress=progress)
+    if subject.factory is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / USER_MODEL).write_text(json.dumps({"factory": subject.spec}) + "\n")
     recorder = TrainerRecorder(run_dir, options.record)
     with recorder:
         if subject.factory is None:
@@ -172,6 +175,10 @@ def judge(metrics: dict[str, Any], data: Dataset, *, recon_margin: float = 0.9,
     baseline, chance = mean_image_mse(data), chance_accuracy(data)
     recon, acc = metrics.get("test_recon_mse"), metrics.get("test_accuracy")
     reasons, stalls = [], False
+    if metrics.get("diverged"):
+        stalls = True
+        reasons.append(f"training diverged: the loss was not finite in epoch "
+                       f"{metrics.get('epoch')} (step {metrics.get('step')})")
     if recon is not None:
         bad = recon >= recon_margin * baseline
         stalls |= bad
@@ -186,7 +193,7 @@ def judge(metrics: dict[str, Any], data: Dataset, *, recon_margin: float = 0.9,
             f"test accuracy is {100 * acc:.1f}% against {100 * chance:.1f}% for "
             f"always guessing the most frequent class (limit: chance + "
             f"{100 * accuracy_margin:.0f} points)")
-    if recon is None and acc is None:
+    if recon is None and acc is None and not metrics.get("diverged"):
         reasons.append("not measured: the run has neither a reconstruction error nor "
                        "a test accuracy")
     return {"verdict": "stalls" if stalls else "learns", "reasons": reasons,

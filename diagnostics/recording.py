@@ -425,10 +425,11 @@ class Recorder:
         if self._records is not None:
             self._records.event(record)
         if record.get("event") == "nonfinite":
+            where = f"block {record['block']}, {record['half']}"
+            if record.get("circulation") is not None:
+                where += f", circulation {record['circulation']}"
             message = (f"non-finite {record['tensor']} first seen at step "
-                       f"{record['step']} in {record['module']} (block "
-                       f"{record['block']}, {record['half']}, circulation "
-                       f"{record['circulation']})")
+                       f"{record['step']} in {record['module']} ({where})")
             log.error(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             if self._tb is not None:
@@ -440,7 +441,7 @@ class Recorder:
             return
         self._reported.add(what)
         self.not_measured.append({"what": what, "why": why})
-        log.warning("not measured: %s (%s)", what, why)
+        log.info("not measured: %s (%s)", what, why)
         warnings.warn(f"recorder: {what} is not measured: {why}", stacklevel=2)
         if self._records is not None:
             record = {"step": self.steps + 1, "event": "not_measured",

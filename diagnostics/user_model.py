@@ -37,6 +37,7 @@ from .placement import BlockSite, locate_blocks
 log = logging.getLogger(__name__)
 
 PROTOCOL = ("enc_target", "enc_output", "dec_target", "dec_output")
+USER_MODEL = "user_model.json"  # in a run directory: which factory built the model
 
 
 def load_factory(spec: str) -> Callable[[], nn.Module]:

@@ -42,6 +42,7 @@ import multiprocessing
 import os
 import shutil
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -231,6 +232,9 @@ def _execute_all(tasks: list[dict[str, Any]], workers: int,
 
 def _init_worker(preloaded: dict[tuple, dict[str, Any]]) -> None:
     torch.set_num_threads(1)
+    # What a cell's recorder could not measure is in its records.jsonl; one
+    # warning per worker and cell would only flood the sweep's terminal.
+    warnings.filterwarnings("ignore", message="recorder: ")
     for key, parts in preloaded.items():
         _remember(key, _from_arrays(parts))
 

@@ -179,6 +179,8 @@ class DescentAlignment(Quantity):
             for half in ("enc", "dec"):
                 pairs = [(g, t) for g, t in zip(local[half], true[half])
                          if g is not None]
+                if not pairs:
+                    continue  # this half's rule made no update
                 value = cosine([g for g, _ in pairs], [t for _, t in pairs])
                 if value is not None:
                     sink.scalar(tags.descent_alignment(site.index, half), value)

@@ -7,6 +7,8 @@ which also lists it in the report's "Not measured" summary.
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from tourbillon.data import Dataset
 
 from . import plots
 from .attributions import N_STEPS, integrated_gradients
+from ..user_model import USER_MODEL
 from .runs import RECORDS, circulation_images, load_model, metrics_frame
 
 RecordsLoader = Callable[[Path], pd.DataFrame]
@@ -397,8 +400,13 @@ def per_run_section(inputs: ReportInputs, page: Page, section: str,
     """One item per labelled run from ``make(label, model, info, inputs, page)``."""
     items = []
     for label, run_dir in inputs.run_dirs.items():
-        loaded = load_model(Path(run_dir))
-        if loaded is None:
+        user = Path(run_dir) / USER_MODEL
+        loaded = None if user.exists() else load_model(Path(run_dir))
+        if user.exists():
+            spec = json.loads(user.read_text()).get("factory")
+            why = (f"run {label!r} is the user model {spec}; this section walks a "
+                   "Tourbillon stack's loop, which a user model need not expose")
+        elif loaded is None:
             why = f"run {label!r} has no checkpoint.pt in {run_dir}"
         elif inputs.data is None:
             why = f"run {label!r}: no data set was given"
