@@ -53,6 +53,10 @@ class ProxySatisfied(Rule):
         relative = true / baseline if baseline is not None else true
         both = pd.concat([drift, relative], axis=1, keys=["drift", "true"]).dropna()
         both = both[np.isfinite(both.to_numpy()).all(axis=1)]
+        if both.empty:
+            out.skip(f"block{block}/drift/{half}", "no step has both a finite drift "
+                     "and a finite true_error/c0")
+            return
         d = smooth(both["drift"], th.smooth_steps)
         t = smooth(both["true"], th.smooth_steps)
         d0 = early(d, th.window_fraction, th.persist_steps)
