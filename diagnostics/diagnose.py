@@ -84,7 +84,7 @@ class DiagnoseOptions:
     """
 
     epochs: int = 2
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2)
     workers: int | None = None
     record: str = "default"
     probe_epochs: int = 10

@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --model: a working config or factory (no comparison "
                    "without it)")
     _add_data_options(p)
-    _add_sweep_options(p, epochs=2, seeds="0,1")
+    _add_sweep_options(p, epochs=2, seeds="0,1,2")
     p.add_argument("--out", default=".", help="parent of runs/ and reports/ (.)")
     p.set_defaults(func=cmd_diagnose)
 
