@@ -35,7 +35,7 @@ class Finding:
     half: str | None
     circulation: int | None
     step: int | None
-    evidence: dict[str, float]
+    evidence: dict[str, float | int | None]
     message: str
     severity: str = "warning"
     title: str = ""

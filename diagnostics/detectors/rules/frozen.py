@@ -52,7 +52,8 @@ class FrozenWeights(Rule):
                   evidence=evidence, message=(
             f"No gradient was ever recorded for {where(block, half)} over "
             f"{evidence['steps_recorded']} recorded steps, while {others} other "
-            "half/halves had gradients: no loss reaches its parameters, so their "
+            f"{'half' if others == 1 else 'halves'} had gradients: no loss reaches "
+            "its parameters, so their "
             "weights keep their initial values. In a circular autoencoder that "
             "happens when the half's output is detached before its rule (or its "
             "rule is switched off) and no other rule's graph passes through it; "

@@ -36,7 +36,10 @@ class RangeMismatch(Rule):
             if facts.decoder_range is None:
                 out.skip(f"block{k}/dec", f"the decoder ends in "
                          f"{facts.decoder_module or 'an unknown module'}, whose "
-                         "output range is unknown")
+                         "output range is unknown (observed outputs "
+                         f"{_bounds(facts.decoder_min, facts.decoder_max)}, input "
+                         f"{_bounds(facts.input_min, facts.input_max)} on "
+                         f"{facts.examples} examples)")
                 continue
             if facts.input_outside_decoder is None:
                 out.skip(f"block{k}/dec", "the block input was not observed")
@@ -51,6 +54,8 @@ class RangeMismatch(Rule):
         true_last = last_finite(data.series("true_error", k, circulation=0))
         evidence = {"decoder_low": low, "decoder_high": high,
                     "input_min": facts.input_min, "input_max": facts.input_max,
+                    "decoder_observed_min": facts.decoder_min,
+                    "decoder_observed_max": facts.decoder_max,
                     "outside_fraction": facts.input_outside_decoder,
                     "unreachable_mse": facts.input_clamp_mse,
                     "input_mean_mse": facts.input_mean_mse,

@@ -96,16 +96,17 @@ class Saturation(Rule):
                         "threshold": th.saturated_fraction,
                         **p.evidence()}
             share = median_from(series, p.step)
-            extra = (f", {pct(evidence['baseline'])} of the block input is itself "
-                     "at those "
-                     "bounds" if half == "dec" else "")
+            limit = pct(th.saturated_fraction)
+            extra = (f", while {pct(evidence['baseline'])} of the block input is "
+                     f"itself at those bounds (threshold: {limit} more)"
+                     if half == "dec" else f" (threshold {limit})")
             out.found(block=block, half=half, circulation=circulation, step=p.step,
                       evidence=evidence, message=(
                 f"From step {p.step}, {pct(share)} of the elements of "
                 f"{where(block, half, circulation)} were within 1% of the "
-                f"activation's bounds{extra} (threshold {pct(th.saturated_fraction)} "
-                f"above that; {len(hits)} circulation(s) affected, held at {p.held} "
-                f"of {p.total} recorded steps). A saturated unit's derivative f' is "
+                f"range of the activation's bounds{extra}; {len(hits)} "
+                f"circulation(s) affected, held at {p.held} of {p.total} recorded "
+                "steps. A saturated unit's derivative f' is "
                 "near zero, and every recirculation rule multiplies its error by "
                 "f', so these units barely learn; a saturated code also hardly "
                 "changes between circulations, which shrinks the encoder rule's "
