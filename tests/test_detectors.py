@@ -149,9 +149,14 @@ def test_frozen_weights_when_no_gradient_is_ever_recorded():
     values = {tags.grad_norm(0, "enc", p): None for p in ("0.weight", "0.bias")}
     values.update({tags.update_ratio(0, "enc", p): None for p in ("0.weight",
                                                                   "0.bias")})
-    finding = only(run(values), "frozen_weights")
+    result = run(values)
+    finding = only(result, "frozen_weights")
     assert (finding.block, finding.half, finding.circulation) == (0, "enc", None)
     assert finding.step == STEPS[0] and finding.evidence["grad_records"] == 0
+    # The gradient rules say they could not look at that half.
+    assert {(n.rule, n.what) for n in result.not_checked} == {
+        ("exploding_gradient", "block0/enc"), ("vanishing_gradient", "block0/enc"),
+        ("update_ratio", "block0/enc")}
 
 
 def test_frozen_weights_when_updates_are_zero():

@@ -47,16 +47,11 @@ def train_recorded(name: str, run_dir: Path, data: Dataset, mode: str = "full",
     """Train factory ``name`` with the README recipe under the recorder."""
     model = fault_models.FACTORIES[name]()
     facts_from_model(model, data.x_train[:128]).save(run_dir)
-    every = dict(OFF)
-    if name == "detached_encoder":
-        # The recorder's descent alignment fails on a half without gradients
-        # (torch.stack of an empty list in quantities/gradients.py:cosine).
-        every["descent_alignment"] = 0
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     order = torch.Generator().manual_seed(0)
     N = data.x_train.shape[0]
     epochs = epochs or EPOCHS.get(name, FAULT_EPOCHS)
-    with Recorder(model, run_dir, mode=mode, every=every, cheap_every=cheap_every,
+    with Recorder(model, run_dir, mode=mode, every=OFF, cheap_every=cheap_every,
                   probe_batch=(data.x_test, data.y_test)) as rec:
         for epoch in range(1, epochs + 1):
             rec.epoch = epoch

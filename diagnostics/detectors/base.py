@@ -149,6 +149,17 @@ class Outcome:
             self.not_checked.append(entry)
 
 
+def skip_missing_halves(data: RunData, out: Outcome, present: set[tuple[int, str]],
+                        quantity: str) -> None:
+    """Report every known (block, half) that has no series of ``quantity``."""
+    for block, half in data.halves():
+        if (block, half) not in present:
+            out.skip(f"block{block}/{half}",
+                     data.not_measured(f"block{block}", quantity)
+                     or f"no {quantity} was recorded for this half (a half that "
+                     "never gets a gradient has none: see frozen_weights)")
+
+
 def hold(data: RunData, out: Outcome, what: str, held: pd.Series
          ) -> Persistence | None:
     """Where ``held`` starts to hold persistently (see :class:`Thresholds`).

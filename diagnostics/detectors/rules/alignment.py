@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..base import Outcome, Rule, RunData, hold, num, register, where
+from ..base import (Outcome, Rule, RunData, hold, num, register, skip_missing_halves,
+                    where)
 from ..series import last_finite, median_from, smooth
 
 
@@ -23,6 +24,7 @@ class DescentMisaligned(Rule):
                      data.not_measured("descent") or
                      "no block{k}/align/{half} tags were recorded")
             return
+        skip_missing_halves(data, out, {(b, h) for b, h, _, _ in groups}, "align")
         for (block, half, _, _), cosine in sorted(groups.items()):
             smoothed = smooth(cosine, th.smooth_steps)
             p = hold(data, out, f"block{block}/align/{half}", smoothed <= th.align_max)

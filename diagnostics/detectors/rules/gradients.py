@@ -7,7 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from ..base import Outcome, Rule, RunData, hold, num, register, where
+from ..base import (Outcome, Rule, RunData, hold, num, register, skip_missing_halves,
+                    where)
 from ..series import Persistence, first_finite, median_from
 
 Condition = Callable[[pd.Series, float], pd.Series]
@@ -23,6 +24,7 @@ def per_half(data: RunData, out: Outcome, condition: Condition
     th = data.thresholds
     found: dict[tuple[int, str], tuple[str, pd.Series, Persistence, float]] = {}
     groups = data.groups("grad_norm/", prefix=True)
+    skip_missing_halves(data, out, {(b, h) for b, h, _, _ in groups}, "grad_norm")
     for (block, half, _, param), norms in groups.items():
         first = first_finite(norms[norms > th.zero_tolerance])
         p = hold(data, out, f"block{block}/grad_norm/{half}/{param}",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..base import Outcome, Rule, RunData, hold, num, register, where
+from ..base import (Outcome, Rule, RunData, hold, num, register, skip_missing_halves,
+                    where)
 from ..series import Persistence, median_from
 
 
@@ -30,6 +31,8 @@ class UpdateRatio(Rule):
                      "no update_ratio tags of weights were recorded")
             return
         th = data.thresholds
+        skip_missing_halves(data, out, {(b, h) for b, h, _, _ in groups},
+                            "update_ratio")
         found: dict[tuple[int, str], tuple[str, pd.Series, Persistence, bool]] = {}
         for (block, half, _, param), ratios in groups.items():
             moving = ratios > th.zero_tolerance
