@@ -64,9 +64,10 @@ class RecordsWriter:
         self._pending["scalars"].update(values)
 
     def event(self, record: dict[str, Any]) -> None:
-        """Write an event line now (after any held-back step)."""
-        self.flush()
+        """Write an event line to the disk now (after any held-back step)."""
+        self.flush(to_disk=False)
         self._write(record)
+        self._file.flush()
 
     def flush(self, to_disk: bool = True) -> None:
         """Write the held-back step, if any, and (``to_disk``) flush the file."""

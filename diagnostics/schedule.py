@@ -6,10 +6,11 @@ quantities (one reduction per tensor) share one interval and expensive ones
 (histograms, images, probes, descent alignment) another; ``full`` computes
 everything at every step and ``off`` nothing.
 
-The default intervals keep the recorder's cost under 10% of a training step
-of the reference model on a CPU (``benchmarks/recorder_overhead.py`` checks
-it) while giving six points per quantity within the first epoch of the
-bundled MNIST sample (63 steps).
+The default intervals keep the recorder's cost under 10% of the reference
+model's training time on a CPU (``benchmarks/recorder_overhead.py`` checks
+it): a step where the cheap quantities are due costs a few training steps'
+time, and one with the expensive ones about five. On the bundled MNIST
+sample (63 steps an epoch) the first epoch is recorded at steps 1, 26, 51.
 """
 
 from __future__ import annotations

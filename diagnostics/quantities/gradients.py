@@ -23,8 +23,10 @@ NORM_FLOOR = 1e-12
 def cosine(a: list[Tensor], b: list[Tensor]) -> Tensor | None:
     """Cosine between two parameter lists seen as one long vector each.
 
-    Returns None when either vector is zero (the angle is undefined).
+    Returns None when either vector is zero or empty (the angle is undefined).
     """
+    if not a or not b:
+        return None
     dot = sum(torch.dot(x.flatten(), y.flatten()) for x, y in zip(a, b))
     norm_a = torch.linalg.vector_norm(torch.stack([x.norm() for x in a]))
     norm_b = torch.linalg.vector_norm(torch.stack([y.norm() for y in b]))
