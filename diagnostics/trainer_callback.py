@@ -8,11 +8,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from tourbillon.rules import decoder_objective, encoder_objective, feedback_objective
 from tourbillon.train import Callback, Trainer
 
 from . import tags
@@ -95,13 +92,7 @@ class TrainerRecorder(Callback):
         if self.recorder is None:
             return
         self.recorder.epoch = trainer.epoch
-        loss = getattr(trainer, "loss", None)
-        if loss is None and type(trainer).objective is not Trainer.objective:
-            self.recorder.report_not_measured(
-                tags.train_loss(), f"{type(trainer).__name__} has its own objective "
-                "and the Trainer does not hand the loss to callbacks")
-        elif loss is None:
-            loss = functools.partial(training_objective, trainer, out, batch[1])
+        loss = trainer.loss
         self.recorder.before_update(loss=loss)
 
     def after_step(self, trainer: Trainer) -> None:
@@ -146,32 +137,3 @@ def _blocks(trainer: Trainer) -> int:
     return getattr(trainer, "num_blocks", None) or len(trainer.model.blocks)
 
 
-def training_objective(trainer: Trainer, out: dict[str, Tensor], labels: Tensor
-                       ) -> Tensor | None:
-    """The step's objective, rebuilt from the output (the trainer does not pass it).
-
-    The active blocks are all blocks for the ``joint`` schedule and the top
-    block in ``out`` otherwise; None for ``asynchronous`` with a joint head,
-    where the active block cannot be told from the output.
-    """
-    c, model = trainer.config, trainer.model
-    present = [k for k in range(_blocks(trainer)) if f"enc_output_{k}" in out]
-    head_now = c.head == "joint" and getattr(model, "head", None) is not None
-    if c.schedule == "sequential" and present:
-        active = [trainer.stage(trainer.epoch)]
-    elif c.schedule == "asynchronous" and present:
-        if head_now and len(present) > 1:
-            return None
-        active = [max(present)]
-    else:
-        active = present
-    with torch.no_grad():
-        loss = torch.zeros((), device=trainer.device)
-        for k in active:
-            loss = loss + encoder_objective(out, c, f"_{k}")
-            loss = loss + decoder_objective(out, c, f"_{k}")
-        if head_now:
-            loss = loss + F.cross_entropy(out["output"], labels)
-            if c.feedback == "random":
-                loss = loss + feedback_objective(model, out, labels, active)
-    return loss

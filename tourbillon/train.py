@@ -51,8 +51,9 @@ CONFIG = "config.json"
 class Callback:
     """Hooks into the training loop; override what you need.
 
-    ``trainer`` gives access to ``model``, ``optimizer``, ``step``, ``epoch``
-    and ``config``; ``out`` is the model's output dict for the minibatch.
+    ``trainer`` gives access to ``model``, ``optimizer``, ``step``, ``epoch``,
+    ``config`` and ``loss`` (the step's objective, detached); ``out`` is the
+    model's output dict for the minibatch.
     """
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
@@ -111,6 +112,7 @@ class Trainer:
         self.step = 0
         self.head_trained = config.head == "joint" or not self.has_head
         self.diverged = False
+        self.loss: Tensor | None = None
         self.history: list[dict[str, Any]] = []
 
     # -- set-up --------------------------------------------------------------
@@ -225,6 +227,7 @@ class Trainer:
     def train_step(self, x: Tensor, y: Tensor, active: list[int]) -> tuple[Tensor, dict]:
         """One minibatch: forward, local objectives (+ head), backward, update."""
         out, loss = self.objective(x, y, active)
+        self.loss = loss.detach()  # the step's objective, for callbacks
         self.optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:
             loss.backward()
