@@ -148,8 +148,13 @@ def train_recorded(subject: Subject, data: Dataset, options: DiagnoseOptions,
         else:
             trainer = ProtocolTrainer(subject.factory, config, data, run_dir,
                                       callbacks=[recorder], **trainer_options)
+        # Facts before training too: a run that diverges leaves a model whose
+        # forward gives NaN, and its input statistics would say nothing.
+        before = facts_from_model(trainer.model, data.x_test[:256])
         trainer.fit()
-    facts_from_model(trainer.model, data.x_test[:256]).save(run_dir / "facts.json")
+    facts = before if trainer.diverged else facts_from_model(trainer.model,
+                                                             data.x_test[:256])
+    facts.save(run_dir / "facts.json")
     return run_dir
 
 
