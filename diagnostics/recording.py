@@ -40,10 +40,18 @@ from tourbillon.errors import ConfigError
 
 from . import tags
 from .placement import BlockSite, activation_bounds, locate_blocks
-from .quantities import PHASES, BlockPass, Call, Capture, UpdateContext, build
+from .quantities import (
+    PHASES,
+    BlockPass,
+    Call,
+    Capture,
+    Quantity,
+    UpdateContext,
+    build,
+)
 from .records import RecordsWriter
 from .running import RunningStats
-from .schedule import make_schedules
+from .schedule import Schedule, make_schedules
 from .tensorboard import RunWriter
 
 log = logging.getLogger(__name__)
@@ -141,12 +149,16 @@ class Recorder:
         self._phases = {q: {p for p in PHASES if q.implements(p)}
                         for q in self.quantities}
         self._due: dict[str, list] = {p: [] for p in PHASES}
+        self._due_key: tuple[Quantity, ...] | None = None
         self._due_names: set[str] = set()
+        self._loss_due = False
         self._step_open = False
         self._scalars: dict[str, Tensor | float] = {}
         self._histograms: list[tuple[str, Tensor]] = []
         self._images: list[tuple[str, Tensor]] = []
         self._capture: dict[int, BlockPass] | None = None
+        self._logged_tags: set[str] = set()
+        self._hparams_written = False
 
     # -- life cycle ----------------------------------------------------------
 
@@ -179,8 +191,8 @@ class Recorder:
             return
         sites, unplaced = locate_blocks(self.model, self.encoder_name,
                                         self.decoder_name)
-        self._open_outputs(len(sites))
         try:
+            self._open_outputs(len(sites))
             self._register(sites)
         except BaseException:
             self.close()
@@ -190,17 +202,31 @@ class Recorder:
         self._check_probe_batch()
 
     def close(self) -> None:
-        """Remove every hook, then flush and close the outputs (idempotent)."""
+        """Remove every hook, then flush and close the outputs (idempotent).
+
+        With a ``config`` and no :meth:`write_hparams` call, the HParams are
+        written here, with the last values of the scalars given to
+        :meth:`log_scalars` (and ``train/loss``) as the final metrics.
+        """
         if self._closed:
             return
         self._closed = True
         try:
             self._hooks.remove()
         finally:
-            if self._records is not None:
-                self._records.close()
-            if self._tb is not None:
-                self._tb.close()
+            try:
+                if self.config is not None and not self._hparams_written:
+                    self.write_hparams(self.config, self._final_metrics(),
+                                       log_metrics=False)
+            finally:
+                if self._records is not None:
+                    self._records.close()
+                if self._tb is not None:
+                    self._tb.close()
+
+    def _final_metrics(self) -> dict[str, float]:
+        names = self._logged_tags | {tags.train_loss()}
+        return {t: self.stats[t].last for t in sorted(names) if t in self.stats}
 
     def _open_outputs(self, blocks: int) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +253,7 @@ class Recorder:
             self._hooks.add(module.register_forward_pre_hook(
                 functools.partial(self._block_start, k), with_kwargs=True))
             self._hooks.add(module.register_forward_hook(
-                functools.partial(self._block_end, k), with_kwargs=True))
+                functools.partial(self._block_end, k)))
             for half, part in site.halves.items():
                 self._hooks.add(part.register_forward_hook(
                     functools.partial(self._half_call, k, half)))
@@ -251,7 +277,7 @@ class Recorder:
     def is_due(self, quantity: str) -> bool:
         """Whether ``quantity`` is computed at the step in progress."""
         self._open_step()
-        return quantity in self._due_names
+        return self._loss_due if quantity == "loss" else quantity in self._due_names
 
     def step(self, optimizer: torch.optim.Optimizer | None = None, *,
              loss: Tensor | float | None = None) -> None:
@@ -260,14 +286,15 @@ class Recorder:
         Call it after ``loss.backward()``. Without ``optimizer`` (when you
         step it yourself, before or after) update ratios are not measured.
         """
+        if optimizer is None and self._recording() and self.is_due("update_ratio"):
+            self._due = {p: [f for f in fns if f.__self__.name != "update_ratio"]
+                         for p, fns in self._due.items()}
+            self._due_key = None  # this step's lists differ from the cached ones
+            self.report_not_measured(
+                "update_ratio", "Recorder.step() was called without the optimizer")
         self.before_update(loss=loss)
         if optimizer is not None:
             optimizer.step()
-        elif self.enabled and "update_ratio" in self._due_names:
-            self._due["after_update"] = [q for q in self._due["after_update"]
-                                         if q.name != "update_ratio"]
-            self.report_not_measured(
-                "update_ratio", "Recorder.step() was called without the optimizer")
         self.after_update()
 
     def before_update(self, loss: Tensor | float | Callable[[], Tensor] | None = None
@@ -279,20 +306,23 @@ class Recorder:
         if not self._recording():
             return
         self._open_step()
-        if loss is not None and "loss" in self._due_names:
-            value = loss() if callable(loss) else loss
+        if loss is not None and self._loss_due:
+            try:
+                value = loss() if callable(loss) else loss
+            except Exception as error:
+                self.report_not_measured(tags.train_loss(), f"it raised {error!r}")
+                self.schedules["loss"] = Schedule(0)
+                self._loss_due, value = False, None
             if value is not None:
                 self.scalar(tags.train_loss(), _detached(value))
-        for q in self._due["before_update"]:
-            q.before_update(self._ctx, self)
+        self._dispatch("before_update", self._ctx)
 
     def after_update(self) -> None:
         """Measure the update, run the probe batch, write the step's values."""
         if not self._recording():
             return
         self._open_step()
-        for q in self._due["after_update"]:
-            q.after_update(self._ctx, self)
+        self._dispatch("after_update", self._ctx)
         if self._due["on_capture"]:
             self._run_capture()
         self._write_step()
@@ -312,11 +342,13 @@ class Recorder:
             return
         self._step_open = True
         step = self.steps + 1
-        due = [q for q in self.quantities if q.should_compute(step)]
-        self._due = {p: [q for q in due if p in self._phases[q]] for p in PHASES}
-        self._due_names = {q.name for q in due}
-        if self.schedules["loss"].should_compute(step):
-            self._due_names.add("loss")
+        due = tuple(q for q in self.quantities if q.should_compute(step))
+        if due != self._due_key:  # most steps repeat the last step's set
+            self._due_key = due
+            self._due = {p: [getattr(q, p) for q in due if p in self._phases[q]]
+                         for p in PHASES}
+            self._due_names = {q.name for q in due}
+        self._loss_due = self.schedules["loss"].should_compute(step)
         self._scalars, self._histograms, self._images = {}, [], []
 
     def _write_step(self) -> None:
@@ -369,11 +401,10 @@ class Recorder:
             made.append(output.detach())
         if self._capture is None and self._due["on_call"]:
             call = Call(k, half, i, state.names[half], output, state.bounds[half])
-            for q in self._due["on_call"]:
-                q.on_call(call, self)
+            self._dispatch("on_call", call)
 
-    def _block_end(self, k: int, module: nn.Module, args: tuple,
-                   kwargs: dict[str, Any], output: Any) -> None:
+    def _block_end(self, k: int, module: nn.Module, args: tuple, output: Any
+                   ) -> None:
         state = self._blocks[k]
         if not state.live:
             return
@@ -385,8 +416,7 @@ class Recorder:
         if self._capture is not None:
             self._capture[k] = block
             return
-        for q in self._due["on_block"]:
-            q.on_block(block, self)
+        self._dispatch("on_block", block)
 
     def _run_capture(self) -> None:
         """A no-grad, eval-mode forward of the probe batch, captured per block."""
@@ -399,13 +429,33 @@ class Recorder:
             with torch.no_grad():
                 self.model(self._probe_x)
             passes = self._capture
+        except Exception as error:
+            for fn in self._due["on_capture"]:
+                self._drop(fn.__self__, f"the probe batch's forward raised {error!r}")
+            return
         finally:
             self._capture = None
             for module, training in modes:
                 module.training = training
         capture = Capture(passes, self._probe_y, self._image_shape)
-        for q in self._due["on_capture"]:
-            q.on_capture(capture, self)
+        self._dispatch("on_capture", capture)
+
+    def _dispatch(self, phase: str, arg: Any) -> None:
+        """Run ``phase`` of every due quantity; a quantity that raises is dropped."""
+        for fn in self._due[phase]:
+            try:
+                fn(arg, self)
+            except Exception as error:
+                self._drop(fn.__self__, f"{phase} raised {error!r}")
+
+    def _drop(self, quantity: Quantity, why: str) -> None:
+        """Stop computing ``quantity`` for the rest of the run, and say so."""
+        self.report_not_measured(quantity.name, why)
+        self.quantities = [q for q in self.quantities if q is not quantity]
+        self._due = {p: [f for f in fns if f.__self__ is not quantity]
+                     for p, fns in self._due.items()}
+        self._due_names = self._due_names - {quantity.name}
+        self._due_key = None
 
     # -- the sink the quantities write to ------------------------------------
 
@@ -466,6 +516,7 @@ class Recorder:
             self._tb.scalars(numbers, step)
             self._records.scalars(step, self.epoch, numbers)
             self.stats.add(numbers, step)
+            self._logged_tags.update(numbers)
 
     def write_hparams(self, hparams: Mapping[str, Any],
                       metrics: Mapping[str, float | None],
@@ -483,6 +534,7 @@ class Recorder:
         if log_metrics:
             self.log_scalars(numbers)
         self._tb.hparams(hparams, numbers, self.steps)
+        self._hparams_written = True
 
     def flush(self) -> None:
         """Push everything written so far to the disk."""

@@ -6,11 +6,15 @@ quantities (one reduction per tensor) share one interval and expensive ones
 (histograms, images, probes, descent alignment) another; ``full`` computes
 everything at every step and ``off`` nothing.
 
+Cheap quantities are also computed at the powers of two below their
+interval, so the start of training is seen densely.
+
 The default intervals keep the recorder's cost under 10% of the reference
 model's training time on a CPU (``benchmarks/recorder_overhead.py`` checks
-it): a step where the cheap quantities are due costs a few training steps'
-time, and one with the expensive ones about five. On the bundled MNIST
-sample (63 steps an epoch) the first epoch is recorded at steps 1, 26, 51.
+it): a step where the cheap quantities are due costs under a training step's
+time on top, and one with the expensive ones about five. On the bundled MNIST
+sample (63 steps an epoch) the first epoch is recorded at steps 1, 2, 4, 8,
+16, 32 and 51.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ CHEAP = ("nonfinite", "nonfinite_grads", "activations", "drift", "true_error",
 EXPENSIVE = ("histograms", "images", "probes", "descent_alignment")
 QUANTITIES = CHEAP + EXPENSIVE
 
-DEFAULT_CHEAP_EVERY = 25
+DEFAULT_CHEAP_EVERY = 50
 DEFAULT_EXPENSIVE_EVERY = 500
 # Non-finite values are looked for at every step: they must be reported at once.
 DEFAULT_NONFINITE_EVERY = 1
@@ -34,10 +38,16 @@ DEFAULT_NONFINITE_EVERY = 1
 
 @dataclass(frozen=True)
 class Schedule:
-    """Compute at steps ``first``, ``first + every``, ... (``every=0``: never)."""
+    """Compute at steps ``first``, ``first + every``, ... (``every=0``: never).
+
+    With ``log_start`` the steps before ``every`` that are powers of two
+    (1, 2, 4, 8, ...) are computed too, so early training, where a stall
+    forms, is seen densely at a cost that does not grow with the run.
+    """
 
     every: int
     first: int = 1
+    log_start: bool = False
 
     def __post_init__(self) -> None:
         if self.every < 0 or self.first < 1:
@@ -46,9 +56,11 @@ class Schedule:
 
     def should_compute(self, step: int) -> bool:
         """Whether the quantity is due at ``step`` (1-based)."""
-        if self.every == 0 or step < self.first:
+        if self.every == 0 or step < 1:
             return False
-        return (step - self.first) % self.every == 0
+        if self.log_start and step < self.every and step & (step - 1) == 0:
+            return True
+        return step >= self.first and (step - self.first) % self.every == 0
 
 
 def make_schedules(mode: str = "default", cheap_every: int | None = None,
@@ -78,4 +90,5 @@ def make_schedules(mode: str = "default", cheap_every: int | None = None,
     intervals.update({name: expensive for name in EXPENSIVE})
     intervals["nonfinite"] = base or DEFAULT_NONFINITE_EVERY
     intervals.update(every or {})
-    return {name: Schedule(n) for name, n in intervals.items()}
+    return {name: Schedule(n, log_start=name in CHEAP and name != "nonfinite")
+            for name, n in intervals.items()}

@@ -152,16 +152,15 @@ class RunWriter:
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float],
                 step: int) -> None:
-        """HParams of this run and its final metrics, in this run's event file.
+        """HParams of this run and the names of its final metrics.
 
         The dashboard reads each metric's value from the run's scalar of the
-        same tag, so the metrics are written as scalars at ``step`` too.
+        same tag, so those scalars must be written too (the recorder does).
         """
         values = {name: hparam_value(v) for name, v in hparams.items()}
         experiment, start, end = hparams_summaries(values, dict(metrics))
         for summary in (experiment, start, end):
             self._writer.file_writer.add_summary(summary, step)
-        self.scalars(metrics, step)
 
     def flush(self) -> None:
         self._writer.flush()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -14,8 +14,6 @@ from tourbillon.train import Callback, Trainer
 
 from . import tags
 from .recording import Recorder
-
-log = logging.getLogger(__name__)
 
 PROBE_EXAMPLES = 512
 # The trainer's epoch metrics and the tags they are recorded under.
@@ -92,8 +90,7 @@ class TrainerRecorder(Callback):
         if self.recorder is None:
             return
         self.recorder.epoch = trainer.epoch
-        loss = trainer.loss
-        self.recorder.before_update(loss=loss)
+        self.recorder.before_update(loss=trainer.loss)
 
     def after_step(self, trainer: Trainer) -> None:
         if self.recorder is not None:
@@ -107,10 +104,7 @@ class TrainerRecorder(Callback):
             self.recorder.flush()
 
     def on_train_end(self, trainer: Trainer) -> None:
-        if self.recorder is not None and trainer.history:
-            final = epoch_scalars(trainer.history[-1], _blocks(trainer))
-            self.recorder.write_hparams(trainer.config.to_dict(), final,
-                                        log_metrics=False)
+        """Close the recorder; its HParams take the last epoch's metrics."""
         self.close()
 
     def close(self) -> None:
@@ -122,9 +116,9 @@ class TrainerRecorder(Callback):
         if self.recorder is not None:
             self.recorder.close()
 
-    def _closing_on_error(self, method):
+    def _closing_on_error(self, method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
-        def guarded(*args, **kwargs):
+        def guarded(*args: Any, **kwargs: Any) -> Any:
             try:
                 return method(*args, **kwargs)
             except BaseException:

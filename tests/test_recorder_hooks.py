@@ -149,7 +149,8 @@ def test_every_circulation_is_numbered_and_matches_a_manual_walk(tmp_path):
         with pytest.warns(UserWarning, match="without the optimizer"):
             rec.step()
     frame = load_records(tmp_path)
-    enc0 = frame[(frame.block == 0) & (frame.half == "enc") & (frame.quantity == "mean")]
+    means = frame[frame.quantity == "mean"]
+    enc0 = means[(means.block == 0) & (means.half == "enc")]
     assert sorted(enc0.circulation.tolist()) == [0, 1, 2]
     values = dict(zip(frame.tag, frame.value))
     for i in range(3):
@@ -190,7 +191,8 @@ def test_only_walked_circulations_are_recorded(tmp_path):
     config = model.config
     with Recorder(model, tmp_path, mode="full", **ONLY_CHEAP) as rec:
         out = model(torch.rand(5, 12))
-        loss = encoder_objective(out, config, "_0") + decoder_objective(out, config, "_0")
+        loss = (encoder_objective(out, config, "_0")
+                + decoder_objective(out, config, "_0"))
         loss.backward()
         rec.step()
     found = set(load_records(tmp_path).tag)
@@ -326,9 +328,24 @@ def test_memory_stays_flat_over_thousands_of_steps(tmp_path):
         assert rec._scalars == {} and rec._histograms == [] and rec._images == []
     assert tensors_after <= tensors_before
     assert objects_after - objects_before < 200, objects_after - objects_before
-    assert load_records(tmp_path).step.nunique() == 2300 // 5
+    assert load_records(tmp_path).step.nunique() == 2300 // 5 + 2  # and steps 2, 4
 
 
 def test_quantity_names_are_the_schedule_names():
     from diagnostics.quantities import KINDS
     assert set(KINDS) == set(QUANTITIES) - {"loss"}
+
+
+def test_a_failing_quantity_is_dropped_and_training_goes_on(tmp_path):
+    model = small_stack()
+    bad_probe = (torch.rand(8, 5), torch.randint(0, 3, (8,)))  # wrong width
+    with pytest.warns(UserWarning, match="probe batch's forward raised"):
+        with Recorder(model, tmp_path, mode="full", probe_batch=bad_probe) as rec:
+            train_steps(model, rec, 3, stack_loss)
+    assert rec.steps == 3
+    events = {e["what"]: e for e in load_events(tmp_path)
+              if e["event"] == "not_measured"}
+    assert events["probes"]["step"] == 1 and "raised" in events["probes"]["why"]
+    assert "images" in events
+    found = set(load_records(tmp_path).tag)
+    assert tags.true_error(0, 0) in found and tags.batch_probe(0, "first") not in found

@@ -80,7 +80,10 @@ def _saturating_batch() -> torch.Tensor:
 @pytest.mark.parametrize("bounds", [None, (-1.0, 1.0), (0.0, 1.0)],
                          ids=["unbounded", "tanh", "sigmoid"])
 def test_activation_stats_match_loops(shape, bounds):
-    x = torch.rand(shape) if bounds == (0.0, 1.0) else torch.tanh(3 * torch.randn(shape))
+    if bounds == (0.0, 1.0):
+        x = torch.rand(shape)
+    else:
+        x = torch.tanh(3 * torch.randn(shape))
     got = {k: v.item() for k, v in activation_stats(x, bounds).items()}
     expected = loop_stats(x, bounds)
     assert got.keys() == expected.keys()
@@ -252,6 +255,9 @@ def test_first_nonfinite_finds_the_first_bad_tensor():
 
 def test_schedules():
     assert [s for s in range(1, 12) if Schedule(5).should_compute(s)] == [1, 6, 11]
+    dense = Schedule(50, log_start=True)
+    assert [s for s in range(1, 160) if dense.should_compute(s)] == [
+        1, 2, 4, 8, 16, 32, 51, 101, 151]
     assert not any(Schedule(0).should_compute(s) for s in range(1, 50))
     full = make_schedules("full")
     assert all(s.every == 1 for s in full.values())
@@ -259,6 +265,8 @@ def test_schedules():
     default = make_schedules("default", every={"probes": 7})
     assert default["probes"].every == 7 and default["nonfinite"].every == 1
     assert default["histograms"].every > default["drift"].every
+    assert default["drift"].log_start and not default["histograms"].log_start
+    assert not default["nonfinite"].log_start
     with pytest.raises(ConfigError, match="unknown quantities"):
         make_schedules(every={"bogus": 1})
     with pytest.raises(ConfigError, match="mode"):

@@ -82,7 +82,8 @@ def test_epoch_metrics_join_the_last_step_of_each_epoch(trained_run):
     lines = [json.loads(line) for line in (run_dir / "records.jsonl").read_text()
              .splitlines()]
     steps = [line for line in lines if "scalars" in line]
-    assert [s["step"] for s in steps] == sorted({s["step"] for s in steps})  # one a step
+    # One line a step, in order.
+    assert [s["step"] for s in steps] == sorted({s["step"] for s in steps})
     for metrics in trainer.history:
         line = next(s for s in steps if s["step"] == metrics["step"])
         assert line["epoch"] == metrics["epoch"]
@@ -146,6 +147,26 @@ def test_hparams_live_in_the_runs_own_event_file(trained_run):
     start.ParseFromString(content["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["lr"].number_value == trainer.config.lr
     assert start.session_start_info.hparams["sizes"].string_value == "[784, 16, 8]"
+
+
+def test_the_python_recorder_writes_hparams_when_it_closes(tmp_path):
+    model = Tourbillon(Config(sizes=(12, 6), classes=0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Recorder(model, tmp_path, config={"lr": 0.1, "sizes": [12, 6]}) as rec:
+        for _ in range(3):
+            out = model(torch.rand(4, 12))
+            loss = sum(torch.nn.functional.mse_loss(out[f"{h}_output_0"],
+                                                    out[f"{h}_target_0"])
+                       for h in ("enc", "dec"))
+            optimizer.zero_grad()
+            loss.backward()
+            rec.step(optimizer, loss=loss)
+        rec.log_scalars({tags.test_metric("recon_mse"): 0.25})
+    content = accumulate(tmp_path).PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData()
+    experiment.ParseFromString(content["_hparams_/experiment"])
+    assert {m.name.tag for m in experiment.experiment.metric_infos} == {
+        tags.test_metric("recon_mse"), tags.train_loss()}
 
 
 def test_conv_model_records_every_quantity(tmp_path, data):

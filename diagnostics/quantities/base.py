@@ -39,7 +39,7 @@ class Sink(Protocol):
     def event(self, record: dict[str, Any]) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One encoder or decoder call inside a block's training forward.
 

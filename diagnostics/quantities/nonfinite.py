@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -11,30 +12,35 @@ from ..schedule import Schedule
 from .base import Call, Quantity, Sink, UpdateContext
 
 
-def first_nonfinite(tensors: list[Tensor]) -> int | None:
-    """Index of the first tensor holding a NaN or Inf, else None.
+def all_finite(tensors: list[Tensor]) -> bool:
+    """Whether no tensor holds a NaN or Inf: one fused norm, one host sync.
 
-    One reduction per tensor and one host sync for the whole list; a tensor
-    is inspected element-wise only when its sum is not finite.
+    A norm can overflow to Inf on huge finite values, so a False here is
+    confirmed element-wise by :func:`first_nonfinite`.
     """
-    if not tensors:
-        return None
-    sums = torch.stack([t.detach().float().sum() for t in tensors])
-    if bool(torch.isfinite(sums).all()):
+    with torch.no_grad():
+        norms = torch.stack(torch._foreach_norm(tensors)).tolist()  # one a tensor
+    return all(math.isfinite(n) for n in norms)
+
+
+def first_nonfinite(tensors: list[Tensor]) -> int | None:
+    """Index of the first tensor holding a NaN or Inf, else None."""
+    if not tensors or all_finite(tensors):
         return None
     for i, t in enumerate(tensors):
         if not bool(torch.isfinite(t.detach()).all()):
             return i
-    return None  # a finite sum overflowed: nothing is actually non-finite
+    return None  # a finite norm overflowed: nothing is actually non-finite
 
 
 class Nonfinite(Quantity):
     """The first call output holding a NaN or Inf, in call order.
 
-    Checked at every step by default (one sum per output, one sync). A
-    non-finite weight shows in the next forward's outputs, so a bad update
-    is caught one step later at most; gradients themselves are checked by
-    :class:`NonfiniteGrads` on its own schedule.
+    Checked at every step by default, with one fused norm over the step's
+    outputs and one sync; only when that is not finite is each output
+    inspected. A non-finite weight shows in the next forward's outputs, so a
+    bad update is caught one step later at most; gradients themselves are
+    checked by :class:`NonfiniteGrads` on its own schedule.
     """
 
     name = "nonfinite"
@@ -50,6 +56,8 @@ class Nonfinite(Quantity):
 
     def before_update(self, ctx: UpdateContext, sink: Sink) -> None:
         calls, self._calls = self._calls, []
+        if not calls or all_finite([c.output for c in calls]):
+            return
         i = first_nonfinite([c.output for c in calls])
         if i is not None:
             c = calls[i]
