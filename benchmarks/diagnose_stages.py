@@ -36,8 +36,10 @@ def main() -> None:
         total = time.perf_counter() - started
     for stage, seconds in result.timings.items():
         print(f"{stage:<8}{seconds:8.1f} s")
-    print(f"verdict: {result.verdict['verdict']}, {len(result.ablation.runs)} ablation runs")
-    print(f"total: {total:.1f} s of {BUDGET_S:.0f} s ({total / BUDGET_S:.2f} of budget)")
+    runs = len(result.ablation.runs)
+    print(f"verdict: {result.verdict['verdict']}, {runs} ablation runs")
+    print(f"total: {total:.1f} s of {BUDGET_S:.0f} s "
+          f"({total / BUDGET_S:.2f} of budget)")
 
 
 if __name__ == "__main__":

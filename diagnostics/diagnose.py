@@ -239,7 +239,7 @@ def _finding_key(finding: dict[str, Any]) -> tuple:
     return (finding["rule"], finding["block"], finding["half"], finding["circulation"])
 
 
-# -- the whole diagnosis -----------------------------------------------------------------
+# -- the whole diagnosis ---------------------------------------------------------
 
 
 def diagnose(failing: Subject, working: Subject | None, options: DiagnoseOptions, *,

@@ -48,7 +48,8 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ConfigError(f"cannot import {module_name!r} for --model: {error}") from None
+        raise ConfigError(
+            f"cannot import {module_name!r} for --model: {error}") from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ConfigError(f"{module_name} has no callable {attribute!r}")
@@ -97,7 +98,8 @@ def first_calls(sites: list[BlockSite]) -> Iterator[dict[tuple[int, str], tuple]
     try:
         for site in sites:
             for half, module in site.halves.items():
-                handles.append(module.register_forward_hook(hook_for((site.index, half))))
+                hook = hook_for((site.index, half))
+                handles.append(module.register_forward_hook(hook))
         yield seen
     finally:
         for handle in handles:
@@ -125,7 +127,8 @@ class ProtocolTrainer(Trainer):
     def build_model(self) -> nn.Module:
         model = self.factory()
         if not isinstance(model, nn.Module):
-            raise ConfigError(f"the factory returned {type(model).__name__}, not an nn.Module")
+            raise ConfigError(
+                f"the factory returned {type(model).__name__}, not an nn.Module")
         self.sites, self.unplaced = locate_blocks(model, *self.names)
         return model
 

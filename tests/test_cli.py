@@ -20,7 +20,8 @@ def _run(capsys, *argv):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "--variant", "nope"], "unknown variant 'nope'; known variants: reference"),
+        (["train", "--variant", "nope"],
+         "unknown variant 'nope'; known variants: reference"),
         (["train", "--set", "regression=1.5"], "regression must be in [0, 1)"),
         (["train", "--set", "colour=red"], "unknown config field(s) ['colour']"),
         (["train", "--set", "circulations"], "--set expects field=value"),
@@ -34,7 +35,8 @@ def _run(capsys, *argv):
          "index", "dataset"],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):
-    code, _, err = _run(capsys, *argv, "--out", str(tmp_path / "run"), "--record", "off")
+    code, _, err = _run(capsys, *argv, "--out", str(tmp_path / "run"),
+                        "--record", "off")
     assert code == 2
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1

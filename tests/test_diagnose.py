@@ -46,7 +46,8 @@ def test_report_rebuilds_from_runs_without_training(diagnosis, tmp_path, capsys)
     after = json.loads((tmp_path / "reports" / "findings.json").read_text())
     assert after["verdict"] == before["verdict"]
     assert after["causes"] == before["causes"]
-    assert [f["rule"] for f in after["findings"]] == [f["rule"] for f in before["findings"]]
+    rules = [f["rule"] for f in before["findings"]]
+    assert [f["rule"] for f in after["findings"]] == rules
     assert "verdict: stalls" in capsys.readouterr().out
 
 

@@ -46,14 +46,16 @@ def test_same_seed_gives_identical_numbers(small):
     b, history_b = _fit(config, small)
     strip = [{k: v for k, v in m.items() if k != "seconds"} for m in history_a]
     assert strip == [{k: v for k, v in m.items() if k != "seconds"} for m in history_b]
-    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+    pairs = zip(a.model.state_dict().items(), b.model.state_dict().values())
+    for (name, p), q in pairs:
         assert torch.equal(p, q), name
 
 
 def test_other_seed_gives_other_weights(small):
     a, _ = _fit(resolve("reference", {"epochs": 1}), small)
     b, _ = _fit(resolve("reference", {"epochs": 1, "seed": 1}), small)
-    assert not torch.equal(a.model.blocks[0].encoder_weight, b.model.blocks[0].encoder_weight)
+    assert not torch.equal(a.model.blocks[0].encoder_weight,
+                           b.model.blocks[0].encoder_weight)
 
 
 @pytest.mark.parametrize("variant", ["reference", "authors"])
@@ -71,7 +73,8 @@ def test_resume_matches_uninterrupted_run_bit_for_bit(small, tmp_path, variant):
     assert [m["epoch"] for m in rows] == [1, 2, 3]
     drop = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
     assert [drop(m) for m in rows] == [drop(m) for m in history]
-    for p, q in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+    pairs = zip(whole.model.state_dict().values(), resumed.model.state_dict().values())
+    for p, q in pairs:
         assert torch.equal(p, q)
 
 
@@ -102,7 +105,8 @@ def test_resume_checks_the_config(small, tmp_path):
 def test_corrupt_checkpoint_is_a_clear_error(small, tmp_path, content):
     _fit(resolve("reference", {"epochs": 1}), small, tmp_path)
     (tmp_path / "checkpoint.pt").write_bytes(content)
-    with pytest.raises(CheckpointError, match="checkpoint.pt is not a readable checkpoint"):
+    message = "checkpoint.pt is not a readable checkpoint"
+    with pytest.raises(CheckpointError, match=message):
         Trainer(resolve("reference", {"epochs": 1}), small, tmp_path).fit(resume=True)
 
 
@@ -116,7 +120,8 @@ def test_nan_in_the_input_is_rejected(small):
     x[3, 10] = float("nan")
     bad = type(small).__new__(type(small))
     object.__setattr__(bad, "__dict__", {**small.__dict__, "x_train": x})
-    with pytest.raises(DataError, match=r"train inputs contain NaN or Inf \(first rows: \[3\]"):
+    message = r"train inputs contain NaN or Inf \(first rows: \[3\]"
+    with pytest.raises(DataError, match=message):
         Trainer(resolve("reference"), bad)
 
 

@@ -25,7 +25,8 @@ RECORD_MODES = ("off", "default", "full")
 
 def _add_config_options(p: argparse.ArgumentParser, variant_default: str) -> None:
     p.add_argument("--variant", default=variant_default, metavar="NAME",
-                   help=f"named variant ({', '.join(VARIANTS)}); default {variant_default}")
+                   help=f"named variant ({', '.join(VARIANTS)}); "
+                   f"default {variant_default}")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="FIELD=VALUE", help="override a config field (repeatable)")
     _add_data_options(p)
@@ -291,14 +292,15 @@ def _add_sweep_options(p: argparse.ArgumentParser, epochs: int, seeds: str) -> N
                    help="recorder mode of every run")
     p.add_argument("--probe-epochs", type=int, default=10, metavar="N",
                    help="epochs of each linear probe")
-    p.add_argument("--max-train", type=int, help="use only the first N training examples")
+    p.add_argument("--max-train", type=int,
+                   help="use only the first N training examples")
     p.add_argument("--max-test", type=int, help="use only the first N test examples")
     p.add_argument("--set-failing", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--set-working", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-# -- entry point ------------------------------------------------------------------------
+# -- entry point -----------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -191,7 +191,8 @@ def field_names() -> list[str]:
 
 
 def _unknown_fields_message(unknown: list[str]) -> str:
-    return f"unknown config field(s) {unknown}; known fields: {', '.join(field_names())}"
+    known = ", ".join(field_names())
+    return f"unknown config field(s) {unknown}; known fields: {known}"
 
 
 # -- coercion and validation -----------------------------------------------------
@@ -304,7 +305,8 @@ def _validate_architecture(c: Config) -> None:
     widths = c.sizes if c.arch == "linear" else c.channels
     name = "sizes" if c.arch == "linear" else "channels"
     if len(widths) < 1 or any(w < 1 for w in widths):
-        raise ConfigError(f"{name} must be one or more positive ints, got {list(widths)}")
+        raise ConfigError(
+            f"{name} must be one or more positive ints, got {list(widths)}")
     if c.classes < 0:
         raise ConfigError(f"classes must be >= 0, got {c.classes}")
     if c.arch == "conv":
@@ -345,7 +347,8 @@ def _validate_rule(c: Config) -> None:
     if c.feedback == "random" and c.classes == 0:
         raise ConfigError("feedback='random' needs a head (classes > 0)")
     if c.head_graph == "keep" and c.head == "after":
-        raise ConfigError("head_graph='keep' trains the stack with the head: use head='joint'")
+        raise ConfigError(
+            "head_graph='keep' trains the stack with the head: use head='joint'")
 
 
 def _validate_recipe(c: Config) -> None:
@@ -548,6 +551,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def resolve(variant: str = "reference", overrides: dict[str, Any] | None = None) -> Config:
+def resolve(variant: str = "reference",
+            overrides: dict[str, Any] | None = None) -> Config:
     """The config of a named variant with field overrides applied."""
     return get_variant(variant).config(**(overrides or {}))

@@ -40,7 +40,8 @@ def make_activation(name: str) -> nn.Module:
     table = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity,
              "relu": nn.ReLU}
     if name not in table:
-        raise ConfigError(f"unknown activation {name!r}; choose one of {', '.join(table)}")
+        raise ConfigError(
+            f"unknown activation {name!r}; choose one of {', '.join(table)}")
     return table[name]()
 
 
@@ -52,7 +53,7 @@ def decoder_activation_for(config: Config, block: int) -> str:
 
 
 class RandomFeedback(nn.Module):
-    """A Linear or ConvTranspose2d whose input receives error through fixed random weights.
+    """A Linear or ConvTranspose2d whose input gets its error through fixed weights.
 
     The forward value is the wrapped layer's; the weight gradient is the exact
     one; only the error sent back to the layer's input uses ``feedback``, a
@@ -63,7 +64,8 @@ class RandomFeedback(nn.Module):
         super().__init__()
         if not isinstance(layer, (nn.Linear, nn.ConvTranspose2d)):
             raise ConfigError(
-                f"random feedback supports Linear and ConvTranspose2d, not {type(layer)}"
+                "random feedback supports Linear and ConvTranspose2d, "
+                f"not {type(layer)}"
             )
         self.layer = layer
         feedback = torch.empty_like(layer.weight)
@@ -167,11 +169,16 @@ class CircularBlock(nn.Module):
 
     def _check_input(self, x: Tensor) -> None:
         layer = self.encoder[0] if isinstance(self.encoder, nn.Sequential) else None
-        if isinstance(layer, nn.Linear) and (x.dim() != 2 or x.shape[1] != layer.in_features):
-            raise DataError(f"expected block input of shape (B, {layer.in_features}), "
-                            f"got {tuple(x.shape)}")
-        if isinstance(layer, nn.Conv2d) and (x.dim() != 4 or x.shape[1] != layer.in_channels):
-            raise DataError(f"expected block input of shape (B, {layer.in_channels}, H, W), "
+        if isinstance(layer, nn.Linear):
+            expected, dims = f"(B, {layer.in_features})", 2
+            ok = x.dim() == 2 and x.shape[1] == layer.in_features
+        elif isinstance(layer, nn.Conv2d):
+            expected, dims = f"(B, {layer.in_channels}, H, W)", 4
+            ok = x.dim() == 4 and x.shape[1] == layer.in_channels
+        else:
+            return
+        if not ok:
+            raise DataError(f"expected block input of shape {expected}, "
                             f"got {tuple(x.shape)}")
 
     @property
@@ -213,8 +220,8 @@ def conv_block(config: Config, block: int, c_in: int, c_hidden: int,
     kernel = config.per_block("kernel_sizes")[block]
     stride = config.per_block("strides")[block]
     padding = config.per_block("paddings")[block]
-    decoder_layer: nn.Module = nn.ConvTranspose2d(c_hidden, c_in, kernel, stride, padding,
-                                                  output_padding)
+    decoder_layer: nn.Module = nn.ConvTranspose2d(
+        c_hidden, c_in, kernel, stride, padding, output_padding)
     if config.decoder_backward == "random":
         decoder_layer = RandomFeedback(decoder_layer)
     encoder = nn.Sequential(nn.Conv2d(c_in, c_hidden, kernel, stride, padding),
@@ -360,7 +367,8 @@ def _original_rule(num_circulations: int, target: int, output: int, **arch) -> C
 class _ProtocolOnly:
     """Mixin: forward returns exactly the original output keys."""
 
-    def _protocol(self, out: dict[str, Tensor], suffixes: list[str]) -> dict[str, Tensor]:
+    def _protocol(self, out: dict[str, Tensor],
+                  suffixes: list[str]) -> dict[str, Tensor]:
         keys = [f"{k}{s}" for s in suffixes for k in PROTOCOL_KEYS]
         if "output" in out:
             keys.append("output")
@@ -370,9 +378,11 @@ class _ProtocolOnly:
 class TourbillonBuildingBlockLinear(_ProtocolOnly, CircularBlock):
     """The original linear circular autoencoder (Linear+tanh, Linear+sigmoid)."""
 
-    def __init__(self, in_features: int, hidden_features: int, num_circulations: int = 2,
-                 target_circulation: int = 0, output_circulation: int = 1) -> None:
-        config = _original_rule(num_circulations, target_circulation, output_circulation,
+    def __init__(self, in_features: int, hidden_features: int,
+                 num_circulations: int = 2, target_circulation: int = 0,
+                 output_circulation: int = 1) -> None:
+        config = _original_rule(num_circulations, target_circulation,
+                                output_circulation,
                                 sizes=(in_features, hidden_features))
         block = linear_block(config, 0, in_features, hidden_features)
         super().__init__(block.encoder, block.decoder, config)
@@ -455,7 +465,8 @@ def _conv_sizes(config: Config, k: int, size: tuple[int, int]
         back = (c - 1) * s - 2 * p + kk
         if c < 1 or not 0 <= n - back < s:
             raise ConfigError(
-                f"block {k}: kernel_sizes={kernel}, strides={stride}, paddings={padding} "
+                f"block {k}: kernel_sizes={kernel}, strides={stride}, "
+                f"paddings={padding} "
                 f"cannot map a {size[0]}x{size[1]} input to a code and back to the "
                 "same size")
         code.append(c)

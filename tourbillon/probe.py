@@ -49,7 +49,8 @@ def accuracy(layer, features: Tensor, labels: Tensor) -> float:
 
 def probe_accuracy(train_features: Tensor, train_labels: Tensor,
                    test_features: Tensor, test_labels: Tensor, *,
-                   classes: int = 10, epochs: int = PROBE_EPOCHS, seed: int = 0) -> float:
+                   classes: int = 10, epochs: int = PROBE_EPOCHS,
+                   seed: int = 0) -> float:
     """Test accuracy of a fresh linear probe trained on frozen train features.
 
     Features of any shape are flattened to ``(N, F)``. The probe's initial
@@ -61,9 +62,7 @@ def probe_accuracy(train_features: Tensor, train_labels: Tensor,
     with torch.no_grad():
         generator = torch.Generator().manual_seed(seed)
         bound = 1.0 / train_features.shape[1] ** 0.5
-        layer.weight.copy_(torch.rand(layer.weight.shape, generator=generator) * 2 * bound
-                           - bound)
-        layer.bias.copy_(torch.rand(layer.bias.shape, generator=generator) * 2 * bound
-                         - bound)
+        for p in (layer.weight, layer.bias):
+            p.copy_(torch.rand(p.shape, generator=generator) * 2 * bound - bound)
     fit_linear(layer, train_features, train_labels, epochs=epochs, seed=seed)
     return accuracy(layer, test_features, test_labels)

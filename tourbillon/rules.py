@@ -38,7 +38,8 @@ def _error_scale(output: Tensor, reduction: str) -> float:
     return 1.0 / output.shape[0]
 
 
-def encoder_objective(out: dict[str, Tensor], config: Config, suffix: str = "") -> Tensor:
+def encoder_objective(out: dict[str, Tensor], config: Config,
+                      suffix: str = "") -> Tensor:
     """The encoder rule of one block's output ``out`` (keys may carry ``suffix``).
 
     ``autograd``: squared error of the output code against the target code.
@@ -55,7 +56,8 @@ def encoder_objective(out: dict[str, Tensor], config: Config, suffix: str = "") 
     return (error * presyn).sum() * _error_scale(output, config.loss_reduction)
 
 
-def decoder_objective(out: dict[str, Tensor], config: Config, suffix: str = "") -> Tensor:
+def decoder_objective(out: dict[str, Tensor], config: Config,
+                      suffix: str = "") -> Tensor:
     """The decoder's delta rule: squared error of its output against its target."""
     output = out[f"dec_output{suffix}"]
     if config.decoder_rule == "none":
@@ -86,7 +88,8 @@ def feedback_objective(model: torch.nn.Module, out: dict[str, Tensor],
     """
     logits = out["output"].detach()
     B, C = logits.shape
-    delta = (logits.softmax(dim=1) - F.one_hot(labels, C).to(logits.dtype)) / B  # (B, C)
+    onehot = F.one_hot(labels, C).to(logits.dtype)
+    delta = (logits.softmax(dim=1) - onehot) / B  # (B, C)
     total = logits.new_zeros(())
     for k in blocks:
         code = out[f"code_{k}"]

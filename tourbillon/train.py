@@ -224,7 +224,8 @@ class Trainer:
             return [int(torch.randint(blocks, (1,), generator=generator))]
         return list(range(blocks))
 
-    def train_step(self, x: Tensor, y: Tensor, active: list[int]) -> tuple[Tensor, dict]:
+    def train_step(self, x: Tensor, y: Tensor,
+                   active: list[int]) -> tuple[Tensor, dict]:
         """One minibatch: forward, local objectives (+ head), backward, update."""
         out, loss = self.objective(x, y, active)
         self.loss = loss.detach()  # the step's objective, for callbacks
@@ -265,13 +266,15 @@ class Trainer:
         if self.head_trained:
             return
         features = self._features(self.data.x_train)[-1][1]
-        fit_linear(self.model.head, features.flatten(1), self.data.y_train.to(self.device),
+        labels = self.data.y_train.to(self.device)
+        fit_linear(self.model.head, features.flatten(1), labels,
                    epochs=self.config.head_epochs, seed=self.config.seed)
         self.head_trained = True
 
     # -- evaluation ------------------------------------------------------------
 
-    def _features(self, x: Tensor, batch: int = 1000) -> list[tuple[Tensor, Tensor, Tensor]]:
+    def _features(self, x: Tensor,
+                  batch: int = 1000) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Per level: (first-pass code, passed code, first reconstruction), or
         ``(x, x, None)`` for level 0 when the stack has no block."""
         if not self.num_blocks:
@@ -316,7 +319,8 @@ class Trainer:
             for k in range(self.num_blocks):
                 for j, name in ((0, "first"), (1, "code")):
                     if j == 1 and c.feed_from == 0:
-                        metrics[f"block{k}_probe_code"] = metrics[f"block{k}_probe_first"]
+                        first = metrics[f"block{k}_probe_first"]
+                        metrics[f"block{k}_probe_code"] = first
                         continue
                     metrics[f"block{k}_probe_{name}"] = probe_accuracy(
                         train[k][j], y_train, test[k][j], y_test, classes=c.classes,
@@ -325,14 +329,16 @@ class Trainer:
             metrics["probe_accuracy"] = (
                 metrics[f"block{top}_probe_code"] if self.num_blocks else
                 probe_accuracy(train[0][1], y_train, test[0][1], y_test,
-                               classes=c.classes, epochs=self.probe_epochs, seed=c.seed))
+                               classes=c.classes, epochs=self.probe_epochs,
+                               seed=c.seed))
         self.model.train()
         return metrics
 
     def _end_epoch(self, loss: float, started: float, drifts: dict[str, float]) -> None:
         last = self.epoch >= self.total_epochs or self.diverged
+        stage = self.stage(self.epoch) if self.epoch else None
         metrics: dict[str, Any] = {"epoch": self.epoch, "step": self.step,
-                                   "stage": self.stage(self.epoch) if self.epoch else None,
+                                   "stage": stage,
                                    "train_loss": loss if math.isfinite(loss) else None,
                                    "diverged": self.diverged, **drifts}
         if (self.epoch % self.eval_every == 0 or last) and not self.diverged:
@@ -391,7 +397,8 @@ class Trainer:
             raise CheckpointError(f"{path} does not match the model: {error}") from None
         self.epoch, self.step = state["epoch"], state["step"]
         self.head_trained, self.diverged = state["head_trained"], state["diverged"]
-        self.history = [m for m in read_metrics(path.parent) if m["epoch"] <= self.epoch]
+        self.history = [m for m in read_metrics(path.parent)
+                        if m["epoch"] <= self.epoch]
         _atomic_write_text(path.parent / METRICS,
                            "".join(json.dumps(m) + "\n" for m in self.history))
 
@@ -409,7 +416,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a corrupt file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({error})") from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({error})") from None
     needed = {"config", "model", "optimizer", "epoch", "step"}
     if not isinstance(state, dict) or not needed <= set(state):
         raise CheckpointError(f"{path} lacks {sorted(needed - set(state or {}))}")
