@@ -269,3 +269,31 @@ def test_a_tensorboard_server_serves_the_recorded_scalars(trained_run, tmp_path)
     assert [step for _, step, _ in scalars] == expected.index.tolist()
     assert [value for _, _, value in scalars] == pytest.approx(expected.tolist(),
                                                                rel=1e-6)
+
+
+class StopAfterFirstEpoch(Callback):
+    def on_epoch_end(self, trainer, metrics):
+        raise KeyboardInterrupt
+
+
+def test_a_resumed_run_continues_its_records(tmp_path, data):
+    config = resolve("reference", {"sizes": (784, 8, 4), "epochs": 2})
+    run_dir = tmp_path / "run"
+    with TrainerRecorder(run_dir, cheap_every=3) as recorder:
+        trainer = Trainer(config, data, run_dir, probe_epochs=0,
+                          callbacks=[recorder, StopAfterFirstEpoch()])
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+    first_steps = trainer.step
+    with TrainerRecorder(run_dir, cheap_every=3) as recorder:
+        resumed = Trainer(config, data, run_dir, probe_epochs=0, callbacks=[recorder])
+        resumed.fit(resume=True)
+    lines = [json.loads(line) for line in (run_dir / "records.jsonl").read_text()
+             .splitlines() if "scalars" in line]
+    steps = [line["step"] for line in lines]
+    assert steps == sorted(set(steps))
+    assert steps[-1] == resumed.step == 2 * first_steps
+    assert {line["epoch"] for line in lines if line["step"] > first_steps} == {2}
+    with_loss = [line["step"] for line in lines if tags.train_loss() in line["scalars"]]
+    loss = accumulate(run_dir).Scalars(tags.train_loss())  # both event files
+    assert [e.step for e in loss] == with_loss == [1, 2, 4]
