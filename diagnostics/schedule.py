@@ -6,8 +6,9 @@ quantities (one reduction per tensor) share one interval and expensive ones
 (histograms, images, probes, descent alignment) another; ``full`` computes
 everything at every step and ``off`` nothing.
 
-Cheap quantities are also computed at the powers of two below their
-interval, so the start of training is seen densely.
+At the default cheap interval the cheap quantities are also computed at the
+powers of two below it, so the start of training is seen densely; an
+interval given explicitly is taken literally.
 
 The default intervals keep the recorder's cost under 10% of the reference
 model's training time on a CPU (``benchmarks/recorder_overhead.py`` checks
@@ -73,6 +74,8 @@ def make_schedules(mode: str = "default", cheap_every: int | None = None,
         cheap_every: interval of the cheap quantities (mode default if None).
         expensive_every: interval of the expensive quantities.
         every: per-quantity intervals that override the two above.
+
+    Only the default cheap interval adds the dense start (steps 1, 2, 4, ...).
     """
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r} is not allowed; choose one of {MODES}")
@@ -90,5 +93,11 @@ def make_schedules(mode: str = "default", cheap_every: int | None = None,
     intervals.update({name: expensive for name in EXPENSIVE})
     intervals["nonfinite"] = base or DEFAULT_NONFINITE_EVERY
     intervals.update(every or {})
-    return {name: Schedule(n, log_start=name in CHEAP and name != "nonfinite")
+    # Only the default cheap interval gets the dense start; an interval given
+    # explicitly is taken literally.
+    dense = {name for name in CHEAP if name != "nonfinite"}
+    if mode != "default" or cheap_every is not None:
+        dense = set()
+    dense -= set(every or {})
+    return {name: Schedule(n, log_start=name in dense)
             for name, n in intervals.items()}

@@ -328,7 +328,7 @@ def test_memory_stays_flat_over_thousands_of_steps(tmp_path):
         assert rec._scalars == {} and rec._histograms == [] and rec._images == []
     assert tensors_after <= tensors_before
     assert objects_after - objects_before < 200, objects_after - objects_before
-    assert load_records(tmp_path).step.nunique() == 2300 // 5 + 2  # and steps 2, 4
+    assert load_records(tmp_path).step.nunique() == 2300 // 5
 
 
 def test_quantity_names_are_the_schedule_names():

@@ -266,7 +266,9 @@ def test_schedules():
     assert default["probes"].every == 7 and default["nonfinite"].every == 1
     assert default["histograms"].every > default["drift"].every
     assert default["drift"].log_start and not default["histograms"].log_start
-    assert not default["nonfinite"].log_start
+    assert not default["nonfinite"].log_start and not default["probes"].log_start
+    assert not make_schedules("default", cheap_every=25)["drift"].log_start
+    assert not make_schedules("full")["drift"].log_start
     with pytest.raises(ConfigError, match="unknown quantities"):
         make_schedules(every={"bogus": 1})
     with pytest.raises(ConfigError, match="mode"):
