@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,7 @@ def _progress_printer(quiet: bool):
     return None if quiet else say
 
 
-def _summary(diagnosis, out: Path) -> None:
+def _summary(diagnosis) -> None:
     print(f"verdict: {diagnosis.verdict['verdict']}")
     for reason in diagnosis.verdict["reasons"]:
         print(f"  - {reason}")
@@ -247,10 +248,24 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         record=args.record, probe_epochs=args.probe_epochs, out=Path(args.out),
         max_train=args.max_train, max_test=args.max_test, data_root=args.data_dir,
         download=args.download)
-    diagnosis = diagnose(failing, working, options, command=sys.argv,
-                         progress=_progress_printer(args.quiet))
-    _summary(diagnosis, Path(args.out))
+    with warnings.catch_warnings(record=True) as caught:
+        # What the recorder could not measure goes to the report; here a count.
+        warnings.filterwarnings("always", message="recorder: ")
+        diagnosis = diagnose(failing, working, options, command=sys.argv,
+                             progress=_progress_printer(args.quiet))
+    _summary(diagnosis)
+    _reprint_other_warnings(caught)
     return 0
+
+
+def _reprint_other_warnings(caught: list) -> None:
+    recorder = {str(w.message) for w in caught
+                if str(w.message).startswith("recorder: ")}
+    if recorder:
+        print(f"not measured: {len(recorder)} quantities (listed in the report)")
+    for w in caught:
+        if not str(w.message).startswith("recorder: "):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -279,7 +294,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from diagnostics.diagnose import rebuild_report
 
     diagnosis = rebuild_report(args.runs_dir, args.out, command=sys.argv)
-    _summary(diagnosis, Path(args.out or Path(args.runs_dir).parent))
+    _summary(diagnosis)
     return 0
 
 
