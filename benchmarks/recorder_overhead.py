@@ -1,21 +1,23 @@
 """How much the recorder slows training: the same run with and without it.
 
 Trains one variant (``reference`` by default) with the Trainer, alternating a
-run without the recorder, one with ``TrainerRecorder`` at the default
-schedule and one in ``full`` mode (everything every step), ``--repeats``
-times, and compares the medians. Times are the CPU seconds of the whole
-process (``time.process_time``, which includes TensorBoard's writer thread)
-for ``Trainer.fit``; with one torch thread they equal wall time on an idle
-machine and are less disturbed by other jobs on a shared one. The trainer's
-own 30-epoch probes are switched off (``probe_epochs=0``): they would dwarf
-the training steps and hide the recorder's cost.
+run without the recorder and one with ``TrainerRecorder`` at the default
+schedule, ``--repeats`` times, then a few runs in ``full`` mode (everything
+every step). Times are the CPU seconds of the whole process
+(``time.process_time``, which includes TensorBoard's writer thread) for
+``Trainer.fit``; with one torch thread they equal wall time on an idle
+machine and are less disturbed by other jobs on a shared one. Each ratio is
+the median over repeats of (with / without) from back-to-back runs, so a
+change in the machine's load affects both sides of a pair alike. The
+trainer's own 30-epoch probes are switched off (``probe_epochs=0``): they
+would dwarf the training steps and hide the recorder's cost.
 
 Prints one line per setting and, last, ``ratio: X.XX`` (default / none).
 
 Usage::
 
-    python benchmarks/recorder_overhead.py [--variant reference] [--epochs 2]
-        [--repeats 3] [--max-ratio 1.10]
+    python benchmarks/recorder_overhead.py [--variant reference] [--epochs 5]
+        [--repeats 7] [--full-repeats 3] [--max-ratio 1.10]
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="reference")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--full-repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-ratio", type=float, default=None,
                         help="exit with status 1 when the default ratio is above it")
@@ -69,22 +72,28 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in SETTINGS:  # warm-up: imports and first-call costs
             train_once(args.variant, 1, data, mode, Path(tmp) / "warmup")
-        for repeat in range(args.repeats):
-            for mode in SETTINGS:
+        plan = [("none", "default")] * args.repeats + [("none", "full")] * (
+            args.full_repeats)
+        for repeat, pair in enumerate(plan):
+            for mode in pair:
                 logdir = Path(tmp) / f"run{repeat}"
                 times[mode].append(train_once(args.variant, args.epochs, data, mode,
                                               logdir))
 
-    base = statistics.median(times["none"])
     steps = args.epochs * -(-data.x_train.shape[0] // config.batch_size)
+    none = times["none"]
+    ratios = {"none": [1.0] * len(none),
+              "default": [d / n for d, n in zip(times["default"], none)],
+              "full": [f / n for f, n in zip(times["full"], none[args.repeats:])]}
     print(f"variant {args.variant}, {args.epochs} epochs ({steps} steps), "
-          f"{args.repeats} repeats, {args.threads} thread(s), CPU seconds")
+          f"{args.repeats} pairs with default, {args.full_repeats} with full, "
+          f"{args.threads} thread(s), CPU seconds")
     for mode in SETTINGS:
         median = statistics.median(times[mode])
         runs = ", ".join(f"{t:.3f}" for t in times[mode])
         print(f"{mode:8s} median {median:.3f} s  ({1e3 * median / steps:.2f} ms/step)"
-              f"  ratio {median / base:.2f}  runs [{runs}]")
-    ratio = statistics.median(times["default"]) / base
+              f"  ratio {statistics.median(ratios[mode]):.2f}  runs [{runs}]")
+    ratio = statistics.median(ratios["default"])
     print(f"ratio: {ratio:.2f}")
     return 1 if args.max_ratio is not None and ratio > args.max_ratio else 0
 

@@ -251,7 +251,7 @@ class Recorder:
             self._blocks.append(_BlockState(site, names, bounds))
             module = site.module
             self._hooks.add(module.register_forward_pre_hook(
-                functools.partial(self._block_start, k), with_kwargs=True))
+                functools.partial(self._block_start, k)))
             self._hooks.add(module.register_forward_hook(
                 functools.partial(self._block_end, k)))
             for half, part in site.halves.items():
@@ -305,7 +305,9 @@ class Recorder:
         """
         if not self._recording():
             return
-        self._open_step()
+        if not self._step_open:
+            self._open_step()
+        self._ctx.loss = loss if isinstance(loss, (Tensor, float, int)) else None
         if loss is not None and self._loss_due:
             try:
                 value = loss() if callable(loss) else loss
@@ -321,13 +323,15 @@ class Recorder:
         """Measure the update, run the probe batch, write the step's values."""
         if not self._recording():
             return
-        self._open_step()
+        if not self._step_open:
+            self._open_step()
         self._dispatch("after_update", self._ctx)
         if self._due["on_capture"]:
             self._run_capture()
         self._write_step()
         self.steps += 1
         self._step_open = False
+        self._ctx.loss = None
 
     def _recording(self) -> bool:
         if not self.enabled:
@@ -342,7 +346,9 @@ class Recorder:
             return
         self._step_open = True
         step = self.steps + 1
-        due = tuple(q for q in self.quantities if q.should_compute(step))
+        if self._ctx is not None:
+            self._ctx.step = step
+        due = tuple(q for q in self.quantities if q.schedule.should_compute(step))
         if due != self._due_key:  # most steps repeat the last step's set
             self._due_key = due
             self._due = {p: [getattr(q, p) for q in due if p in self._phases[q]]
@@ -366,8 +372,7 @@ class Recorder:
 
     # -- hooks ---------------------------------------------------------------
 
-    def _block_start(self, k: int, module: nn.Module, args: tuple,
-                     kwargs: dict[str, Any]) -> None:
+    def _block_start(self, k: int, module: nn.Module, args: tuple) -> None:
         state = self._blocks[k]
         state.calls = {"enc": 0, "dec": 0}
         capturing = self._capture is not None
@@ -376,12 +381,16 @@ class Recorder:
         if not state.live:
             self.skipped_forwards += 1
             return
-        if not capturing:
+        if not capturing and not self._step_open:
             self._open_step()
         if capturing or self._due["on_block"]:
-            x = args[0] if args else next(iter(kwargs.values()), None)
-            if isinstance(x, Tensor):
-                state.current = BlockPass(k, x.detach())
+            if args and isinstance(args[0], Tensor):
+                state.current = BlockPass(k, args[0].detach())
+            else:
+                self.report_not_measured(
+                    f"block{k} input", "the block was not called with its input "
+                    "as the first positional argument, so the quantities that "
+                    "need it (true error, drift, probes) skip that forward")
 
     def _half_call(self, k: int, half: str, module: nn.Module, args: tuple,
                    output: Any) -> None:

@@ -7,15 +7,15 @@ quantities (one reduction per tensor) share one interval and expensive ones
 everything at every step and ``off`` nothing.
 
 At the default cheap interval the cheap quantities are also computed at the
-powers of two below it, so the start of training is seen densely; an
-interval given explicitly is taken literally.
+powers of four below it (steps 4 and 16), so the start of training is seen
+more densely; an interval given explicitly is taken literally.
 
 The default intervals keep the recorder's cost under 10% of the reference
 model's training time on a CPU (``benchmarks/recorder_overhead.py`` checks
 it): a step where the cheap quantities are due costs under a training step's
 time on top, and one with the expensive ones about five. On the bundled MNIST
-sample (63 steps an epoch) the first epoch is recorded at steps 1, 2, 4, 8,
-16, 32 and 51.
+sample (63 steps an epoch) the first epoch is recorded at steps 1, 4, 16
+and 51.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ DEFAULT_NONFINITE_EVERY = 1
 class Schedule:
     """Compute at steps ``first``, ``first + every``, ... (``every=0``: never).
 
-    With ``log_start`` the steps before ``every`` that are powers of two
-    (1, 2, 4, 8, ...) are computed too, so early training, where a stall
-    forms, is seen densely at a cost that does not grow with the run.
+    With ``log_start`` the steps before ``every`` that are powers of four
+    (1, 4, 16, 64, ...) are computed too, so early training, where a stall
+    forms, is seen more densely at a cost that does not grow with the run.
     """
 
     every: int
@@ -59,9 +59,13 @@ class Schedule:
         """Whether the quantity is due at ``step`` (1-based)."""
         if self.every == 0 or step < 1:
             return False
-        if self.log_start and step < self.every and step & (step - 1) == 0:
+        if self.log_start and step < self.every and _power_of_four(step):
             return True
         return step >= self.first and (step - self.first) % self.every == 0
+
+
+def _power_of_four(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0 and (n.bit_length() - 1) % 2 == 0
 
 
 def make_schedules(mode: str = "default", cheap_every: int | None = None,
@@ -75,7 +79,7 @@ def make_schedules(mode: str = "default", cheap_every: int | None = None,
         expensive_every: interval of the expensive quantities.
         every: per-quantity intervals that override the two above.
 
-    Only the default cheap interval adds the dense start (steps 1, 2, 4, ...).
+    Only the default cheap interval adds the denser start (steps 4, 16).
     """
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r} is not allowed; choose one of {MODES}")

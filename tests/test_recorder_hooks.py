@@ -260,7 +260,9 @@ def test_not_measured_is_logged_warned_once_and_recorded(tmp_path, caplog):
     assert rec.not_measured == [{"what": e["what"], "why": e["why"]} for e in events]
 
 
-def test_first_nonfinite_output_and_gradient_are_reported_at_once(tmp_path):
+@pytest.mark.parametrize("with_loss", [False, True], ids=["sentinels", "loss"])
+def test_first_nonfinite_output_and_gradient_are_reported_at_once(tmp_path,
+                                                                  with_loss):
     model = small_stack(input_graph="detach")
     config = model.config
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -277,7 +279,7 @@ def test_first_nonfinite_output_and_gradient_are_reported_at_once(tmp_path):
             loss.backward()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                rec.step(optimizer)
+                rec.step(optimizer, loss=loss if with_loss else None)
             if step == 3:
                 # On disk and warned before the step returns.
                 on_disk = [json.loads(line) for line in

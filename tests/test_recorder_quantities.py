@@ -250,6 +250,33 @@ def test_first_nonfinite_finds_the_first_bad_tensor():
     assert first_nonfinite([]) is None
 
 
+def test_sentinels_see_every_nonfinite_value_of_a_loop():
+    """A NaN injected anywhere in a walked loop reaches a sentinel output."""
+    from diagnostics.quantities.base import Call
+    from diagnostics.quantities.nonfinite import sentinels
+
+    enc = nn.Sequential(nn.Linear(5, 3), nn.Tanh())
+    dec_bounded = nn.Sequential(nn.Linear(3, 5), nn.Sigmoid())
+    dec_linear = nn.Linear(3, 5)
+    for dec, bounds in ((dec_bounded, (0.0, 1.0)), (dec_linear, None)):
+        for where in range(6):  # poison one call's input or one half's weights
+            calls, visible = [], torch.rand(4, 5)
+            for i in range(3):
+                for half, module, b in (("enc", enc, (-1.0, 1.0)), ("dec", dec, bounds)):
+                    x = visible if half == "enc" else code
+                    if where == 2 * i + (half == "dec"):
+                        x = x.clone()
+                        x[0, 0] = float("nan")
+                    out = module(x)
+                    calls.append(Call(0, half, i, half, out, b))
+                    if half == "enc":
+                        code = out
+                    else:
+                        visible = out
+            assert first_nonfinite(sentinels(calls)) is not None, (bounds, where)
+            assert first_nonfinite([c.output for c in calls]) == where
+
+
 # -- schedules -----------------------------------------------------------------------
 
 
@@ -257,7 +284,9 @@ def test_schedules():
     assert [s for s in range(1, 12) if Schedule(5).should_compute(s)] == [1, 6, 11]
     dense = Schedule(50, log_start=True)
     assert [s for s in range(1, 160) if dense.should_compute(s)] == [
-        1, 2, 4, 8, 16, 32, 51, 101, 151]
+        1, 4, 16, 51, 101, 151]
+    assert [s for s in range(1, 300) if Schedule(200, log_start=True)
+            .should_compute(s)] == [1, 4, 16, 64, 201]
     assert not any(Schedule(0).should_compute(s) for s in range(1, 50))
     full = make_schedules("full")
     assert all(s.every == 1 for s in full.values())

@@ -90,11 +90,21 @@ class Capture:
 
 @dataclass
 class UpdateContext:
-    """The blocks and where to find their parameters around an update."""
+    """The blocks, their parameters and the step, around an update.
+
+    Attributes:
+        sites: the blocks.
+        params: ``{block: {half: {name: parameter}}}``.
+        module_names: ``{block: {half: qualified module name}}``.
+        step: the step in progress (from 1).
+        loss: the step's loss when the training loop gave it, else None.
+    """
 
     sites: list[BlockSite]
     params: dict[int, dict[str, dict[str, nn.Parameter]]]
     module_names: dict[int, dict[str, str]]
+    step: int = 0
+    loss: Tensor | float | None = None
 
 
 class Quantity:

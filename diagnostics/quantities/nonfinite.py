@@ -33,17 +33,42 @@ def first_nonfinite(tensors: list[Tensor]) -> int | None:
     return None  # a finite norm overflowed: nothing is actually non-finite
 
 
+def sentinels(calls: list[Call]) -> list[Tensor]:
+    """The outputs a NaN or Inf in any call of a step must reach.
+
+    A bounded activation (tanh, sigmoid) maps finite inputs and weights to
+    finite outputs, so a non-finite bounded output means non-finite weights,
+    which the half's last call of the step shares, or a non-finite input,
+    which came from the block input or an earlier call and flows on to the
+    last calls of the loop. So the last call of every half of every block,
+    and every output of a half without a bounded activation, are enough to
+    detect one; where it first appeared is then found among all the calls.
+    """
+    last: dict[tuple[int, str], int] = {}
+    keep = set()
+    for i, call in enumerate(calls):
+        last[(call.block, call.half)] = i
+        if call.bounds is None:
+            keep.add(i)
+    return [calls[i].output for i in sorted(keep | set(last.values()))]
+
+
 class Nonfinite(Quantity):
     """The first call output holding a NaN or Inf, in call order.
 
-    Checked at every step by default, with one fused norm over the step's
-    outputs and one sync; only when that is not finite is each output
-    inspected. A non-finite weight shows in the next forward's outputs, so a
-    bad update is caught one step later at most; gradients themselves are
-    checked by :class:`NonfiniteGrads` on its own schedule.
+    Looked for at every step by default. When the training loop gives the
+    step's loss, a finite loss clears the step (the protocol's rules read the
+    last calls of every loop, which any NaN or Inf in the loop reaches) and
+    the :func:`sentinels` are checked every ``full_every`` steps; without a
+    loss they are checked at every step, with one fused norm and one sync.
+    When anything is not finite, every output of the step is inspected in
+    call order. A non-finite weight shows in the next forward's outputs, so
+    a bad update is caught one step later at most; gradients themselves are
+    checked by :class:`NonfiniteGrads`.
     """
 
     name = "nonfinite"
+    full_every = 50
 
     def __init__(self, schedule: Schedule) -> None:
         super().__init__(schedule)
@@ -56,7 +81,7 @@ class Nonfinite(Quantity):
 
     def before_update(self, ctx: UpdateContext, sink: Sink) -> None:
         calls, self._calls = self._calls, []
-        if not calls or all_finite([c.output for c in calls]):
+        if not calls or self._clear(calls, ctx):
             return
         i = first_nonfinite([c.output for c in calls])
         if i is not None:
@@ -65,6 +90,15 @@ class Nonfinite(Quantity):
                           "circulation": c.circulation, "module": c.module,
                           "tensor": "output"}
             sink.event(self.found)
+
+    def _clear(self, calls: list[Call], ctx: UpdateContext) -> bool:
+        """Whether the step's outputs are known to be finite."""
+        full = ctx.loss is None or (ctx.step - 1) % self.full_every == 0
+        if not full:
+            loss = ctx.loss.item() if isinstance(ctx.loss, Tensor) else ctx.loss
+            if math.isfinite(loss):
+                return True
+        return all_finite(sentinels(calls))
 
 
 class NonfiniteGrads(Quantity):
