@@ -250,31 +250,46 @@ def test_first_nonfinite_finds_the_first_bad_tensor():
     assert first_nonfinite([]) is None
 
 
-def test_sentinels_see_every_nonfinite_value_of_a_loop():
-    """A NaN injected anywhere in a walked loop reaches a sentinel output."""
+def walk_loop(enc, dec, dec_bounds, poison_call=None, circulations=3):
+    """Calls of a three-circulation loop, a NaN put into one call's input."""
     from diagnostics.quantities.base import Call
+
+    calls, visible, code = [], torch.rand(4, 5), None
+    halves = (("enc", enc, (-1.0, 1.0)), ("dec", dec, dec_bounds))
+    for i in range(circulations):
+        for half, module, bounds in halves:
+            x = (visible if half == "enc" else code).clone()
+            if poison_call == len(calls):
+                x[0, 0] = float("nan")
+            out = module(x)
+            calls.append(Call(0, half, i, half, out, bounds))
+            code, visible = (out, visible) if half == "enc" else (code, out)
+    return calls
+
+
+@pytest.mark.parametrize("bounded", [True, False], ids=["sigmoid", "linear"])
+def test_sentinels_see_every_nonfinite_value_of_a_loop(bounded):
+    """A NaN put anywhere in a loop, input or weights, reaches a sentinel."""
     from diagnostics.quantities.nonfinite import sentinels
 
-    enc = nn.Sequential(nn.Linear(5, 3), nn.Tanh())
-    dec_bounded = nn.Sequential(nn.Linear(3, 5), nn.Sigmoid())
-    dec_linear = nn.Linear(3, 5)
-    for dec, bounds in ((dec_bounded, (0.0, 1.0)), (dec_linear, None)):
-        for where in range(6):  # poison one call's input or one half's weights
-            calls, visible = [], torch.rand(4, 5)
-            for i in range(3):
-                for half, module, b in (("enc", enc, (-1.0, 1.0)), ("dec", dec, bounds)):
-                    x = visible if half == "enc" else code
-                    if where == 2 * i + (half == "dec"):
-                        x = x.clone()
-                        x[0, 0] = float("nan")
-                    out = module(x)
-                    calls.append(Call(0, half, i, half, out, b))
-                    if half == "enc":
-                        code = out
-                    else:
-                        visible = out
-            assert first_nonfinite(sentinels(calls)) is not None, (bounds, where)
-            assert first_nonfinite([c.output for c in calls]) == where
+    def halves():
+        enc = nn.Sequential(nn.Linear(5, 3), nn.Tanh())
+        dec = nn.Sequential(nn.Linear(3, 5), nn.Sigmoid() if bounded else nn.Identity())
+        return enc, dec
+
+    bounds = (0.0, 1.0) if bounded else None
+    for where in range(6):  # each call's input
+        calls = walk_loop(*halves(), bounds, poison_call=where)
+        assert first_nonfinite([c.output for c in calls]) == where
+        assert first_nonfinite(sentinels(calls)) is not None
+    for first in (0, 1):  # the encoder's or the decoder's weights
+        enc, dec = halves()
+        with torch.no_grad():
+            (enc, dec)[first][0].weight[0, 0] = float("nan")
+        calls = walk_loop(enc, dec, bounds)
+        assert first_nonfinite([c.output for c in calls]) == first
+        assert first_nonfinite(sentinels(calls)) is not None
+    assert len(sentinels(walk_loop(*halves(), bounds))) == (2 if bounded else 4)
 
 
 # -- schedules -----------------------------------------------------------------------
