@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -56,7 +54,6 @@ class TrainerRecorder(Callback):
         self.probe_examples = probe_examples
         self.options = options
         self.recorder: Recorder | None = None
-        self._trainer: Trainer | None = None
 
     def __enter__(self) -> "TrainerRecorder":
         return self
@@ -66,12 +63,7 @@ class TrainerRecorder(Callback):
         self.close()
 
     def on_train_start(self, trainer: Trainer) -> None:
-        """Attach to the trainer's model.
-
-        Until the Trainer calls ``on_train_end`` in a ``finally``, the
-        trainer's ``train_step`` and ``evaluate`` are wrapped so that an
-        exception in them closes the recorder before it propagates.
-        """
+        """Attach to the trainer's model."""
         if self.mode == "off":
             return
         data, n = trainer.data, self.probe_examples
@@ -81,9 +73,6 @@ class TrainerRecorder(Callback):
             image_shape=data.image_shape, config=trainer.config.to_dict(),
             start_step=trainer.step, epoch=trainer.epoch, **self.options)
         self.recorder.attach()
-        self._trainer = trainer
-        for name in ("train_step", "evaluate"):
-            setattr(trainer, name, self._closing_on_error(getattr(trainer, name)))
 
     def after_backward(self, trainer: Trainer, out: dict[str, Tensor],
                        batch: tuple[Tensor, Tensor]) -> None:
@@ -107,24 +96,14 @@ class TrainerRecorder(Callback):
         """Close the recorder; its HParams take the last epoch's metrics."""
         self.close()
 
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        """Training raised: remove the hooks and close the files at once."""
+        self.close()
+
     def close(self) -> None:
-        """Remove the hooks and the trainer wrappers, close the files."""
-        if self._trainer is not None:
-            for name in ("train_step", "evaluate"):
-                self._trainer.__dict__.pop(name, None)
-            self._trainer = None
+        """Remove the hooks, close the files."""
         if self.recorder is not None:
             self.recorder.close()
-
-    def _closing_on_error(self, method: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(method)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except BaseException:
-                self.close()
-                raise
-        return guarded
 
 
 def _blocks(trainer: Trainer) -> int:

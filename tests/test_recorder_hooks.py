@@ -230,6 +230,28 @@ def test_no_hook_is_left_when_a_forward_raises_inside_the_block(tmp_path):
     assert all_hooks(model) == 0 and rec.steps == 1
 
 
+@pytest.mark.parametrize("where", ["on_epoch_end", "after_step"])
+def test_no_hook_is_left_when_the_trainer_raises(tmp_path, where):
+    from diagnostics.trainer_callback import TrainerRecorder
+    from tourbillon.config import resolve
+    from tourbillon.data import load_dataset
+    from tourbillon.train import Callback, Trainer
+
+    class Boom(Callback):
+        pass
+
+    def boom(*args):
+        raise RuntimeError("boom")
+
+    setattr(Boom, where, boom)
+    data = load_dataset("mnist-sample", max_train=128, max_test=64)
+    trainer = Trainer(resolve("reference", {"epochs": 1}), data, probe_epochs=0,
+                      callbacks=[TrainerRecorder(tmp_path, "full"), Boom()])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit()
+    assert all_hooks(trainer.model) == 0
+
+
 def test_off_mode_hooks_nothing_and_writes_nothing(tmp_path):
     model = small_stack()
     with Recorder(model, tmp_path / "run", mode="off") as rec:

@@ -67,6 +67,9 @@ class Callback:
 
     def on_train_end(self, trainer: "Trainer") -> None: ...
 
+    def on_exception(self, trainer: "Trainer", error: BaseException) -> None:
+        """Training raised ``error`` (it propagates after every callback ran)."""
+
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -167,6 +170,17 @@ class Trainer:
             self._start_output()
         for cb in self.callbacks:
             cb.on_train_start(self)
+        try:
+            self._fit_epochs()
+        except BaseException as error:
+            for cb in self.callbacks:
+                cb.on_exception(self, error)
+            raise
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.history
+
+    def _fit_epochs(self) -> None:
         if self.total_epochs == 0 and not self.history:
             self._finish_head()
             self._end_epoch(0.0, time.perf_counter(), {})
@@ -182,9 +196,6 @@ class Trainer:
             if self.epoch == self.total_epochs:
                 self._finish_head()
             self._end_epoch(loss, started, drifts)
-        for cb in self.callbacks:
-            cb.on_train_end(self)
-        return self.history
 
     def _train_epoch(self) -> tuple[float, dict[str, float]]:
         c, d = self.config, self.data
