@@ -220,7 +220,7 @@ def removed_by(findings: list[dict[str, Any]], ablation: AblationResult) -> dict
     of the failing config and checks whether the same rule still fires at
     the same block and half. Keys are ``(rule, block, half, circulation)``.
     """
-    runs = ablation.runs
+    runs = ablation.runs_with_paths()
     axes = [c for c in runs.columns if c.startswith("axis:")]
     silenced: dict[tuple, list[str]] = {_finding_key(f): [] for f in findings}
     for column in axes:
@@ -229,12 +229,15 @@ def removed_by(findings: list[dict[str, Any]], ablation: AblationResult) -> dict
                       & (runs[others] == "failing").all(axis=1)]
         if single.empty:
             continue
-        fired = set()
+        fired, checked = set(), False
         for run_dir in single["run_dir"]:
             if not (Path(run_dir) / "records.jsonl").exists():
                 continue
+            checked = True
             for f in detect_run(run_dir).findings:
                 fired.add((f.rule, f.block, f.half))
+        if not checked:
+            continue  # no recorded cell: this axis says nothing about findings
         for finding in findings:
             key = (finding["rule"], finding["block"], finding["half"])
             if key not in fired:
@@ -330,7 +333,7 @@ def _write_report(folder: Path, verdict, ablation, findings, not_checked, silenc
     report = build_report(
         folder / "diagnosis.html", verdict=verdict, causes=causes,
         effects=ablation.effects if ablation is not None else None,
-        runs=ablation.runs if ablation is not None else None,
+        runs=ablation.runs_with_paths() if ablation is not None else None,
         findings=findings, removed_by=silenced, run_dirs=run_dirs,
         config_diff=diff, environment=environment(command, list(options.seeds)),
         data=data, not_checked=[dict(n, subject=label) for label, items in

@@ -367,8 +367,9 @@ def test_finding_to_dict_has_the_public_keys():
     tag = tags.activation(0, "dec", 0, "batch_std")
     result = run({tag: from_record(START, 1e-4, healthy_values()[tag])})
     entry = result.findings[0].to_dict()
-    assert set(entry) == set(PUBLIC_KEYS) | {"severity", "title"}
+    assert set(entry) == set(PUBLIC_KEYS) | {"severity", "title", "tags"}
     assert entry["run"] == "synthetic"
+    assert tag in entry["tags"]  # the collapse's own batch spread
     assert all(v is None or isinstance(v, (int, float))
                for v in entry["evidence"].values())
     # The message is written from the evidence numbers.

@@ -32,6 +32,13 @@ def test_diagnose_writes_report_findings_runs_and_timings(diagnosis, capsys):
                 "message"} <= set(finding)
     html = (diagnosis / "reports" / "diagnosis.html").read_text()
     assert "stalls" in html
+
+    # Each finding names the recorded tags of its place: its evidence plot.
+    for finding in findings["findings"]:
+        if finding["rule"] in ("collapse", "proxy_satisfied", "far_fixed_point"):
+            assert finding["tags"], finding
+            assert all(t.startswith(f"block{finding['block']}/")
+                       for t in finding["tags"]), finding
     runs = diagnosis / "runs"
     assert (runs / "failing-reference" / "records.jsonl").exists()
     assert (runs / "working-authors" / "metrics.jsonl").exists()

@@ -70,6 +70,12 @@ class AblationResult:
     design: dict[str, Any]
     out_dir: Path
 
+    def runs_with_paths(self) -> pd.DataFrame:
+        """``runs`` with each ``run_dir`` (stored relative to the sweep
+        directory, so a sweep can be moved) resolved against ``out_dir``."""
+        return self.runs.assign(run_dir=[str(self.out_dir / d)
+                                         for d in self.runs["run_dir"]])
+
     @property
     def axes(self) -> list[Axis]:
         """The axes of an ablation (empty for a grid)."""

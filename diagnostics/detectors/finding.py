@@ -27,6 +27,7 @@ class Finding:
             the evidence.
         severity: ``error``, ``warning`` or ``info``.
         title: the rule's one-line title.
+        tags: the recorded tags the finding is about (its evidence plot).
     """
 
     rule: str
@@ -39,6 +40,7 @@ class Finding:
     message: str
     severity: str = "warning"
     title: str = ""
+    tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -46,12 +48,12 @@ class Finding:
                              f"got {self.severity!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The public keys plus ``severity`` and ``title``."""
+        """The public keys plus ``severity``, ``title`` and ``tags``."""
         return {"rule": self.rule, "run": self.run, "block": self.block,
                 "half": self.half, "circulation": self.circulation,
                 "step": self.step, "evidence": dict(self.evidence),
                 "message": self.message, "severity": self.severity,
-                "title": self.title}
+                "title": self.title, "tags": list(self.tags)}
 
     def sort_key(self) -> tuple:
         """Severity first, then step (static findings first), then place."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,7 +15,7 @@ import pandas as pd
 from . import rules as _rules  # noqa: F401  (registers every rule)
 from .base import RULES, Outcome, Rule, RunData
 from .facts import FACTS, ModelFacts
-from .finding import DetectionResult
+from .finding import DetectionResult, Finding
 from .series import check_records
 from .thresholds import Thresholds
 
@@ -56,7 +58,8 @@ def detect(records: pd.DataFrame, *, run: str, facts: ModelFacts | None = None,
             log.exception(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             out.skip("all", f"the rule raised {error!r}")
-        result.findings.extend(out.findings)
+        recorded = set(data.records["tag"]) if "tag" in data.records else set()
+        result.findings.extend(with_tags(f, rule, recorded) for f in out.findings)
         result.not_checked.extend(out.not_checked)
     result.findings.sort(key=lambda f: f.sort_key())
     if result.not_checked:
@@ -83,6 +86,37 @@ def detect_run(run_dir: str | Path, *, facts: ModelFacts | None = None,
     return detect(load_records(run_dir), run=run_dir.name, facts=facts,
                   metrics=read_metrics(run_dir), events=load_events(run_dir),
                   thresholds=thresholds, rules=rules)
+
+
+def tag_pattern(read: str, finding: Finding) -> re.Pattern | None:
+    """A rule's ``reads`` entry as a regex at the finding's place, or None
+    when it names no recorded tag (facts, metrics, events)."""
+    read = read.split(" ")[0]
+    if not (read.startswith("block") or read.startswith("train/")):
+        return None
+    place = {"k": finding.block, "half": finding.half, "i": finding.circulation,
+             "t": finding.circulation}
+    parts = re.split(r"(\{[^}]*\})", read)
+    regex = ""
+    for part in parts:
+        if not (part.startswith("{") and part.endswith("}")):
+            regex += re.escape(part)
+            continue
+        name = part[1:-1]
+        if "," in name:
+            regex += "(" + "|".join(map(re.escape, name.split(","))) + ")"
+        elif place.get(name) is not None:
+            regex += re.escape(str(place[name]))
+        else:
+            regex += "[^/]+"
+    return re.compile(regex + "$")
+
+
+def with_tags(finding: Finding, rule: Rule, recorded: set[str]) -> Finding:
+    """``finding`` with the recorded tags its rule reads at its place."""
+    patterns = [p for p in (tag_pattern(r, finding) for r in rule.reads) if p]
+    tags = sorted(t for t in recorded if any(p.match(t) for p in patterns))
+    return dataclasses.replace(finding, tags=tuple(tags))
 
 
 def _select(names: Iterable[str] | None) -> list[Rule]:
