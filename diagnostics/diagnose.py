@@ -216,9 +216,12 @@ def judge(metrics: dict[str, Any], data: Dataset, *, recon_margin: float = 0.9,
 def removed_by(findings: list[dict[str, Any]], ablation: AblationResult) -> dict:
     """For each finding, the axes whose single fix makes its rule fall silent.
 
-    Runs the detectors on every screening cell that fixes exactly one axis
-    of the failing config and checks whether the same rule still fires at
-    the same block and half. Keys are ``(rule, block, half, circulation)``.
+    Runs the detectors on every recorded screening cell that fixes exactly
+    one axis of the failing config and checks whether the same rule still
+    fires at the same block and half. An axis is credited when the rule
+    checked that place in its cells and fired in none; a cell where the rule
+    could not check the place counts neither way. Keys are
+    ``(rule, block, half, circulation)``.
     """
     runs = ablation.runs_with_paths()
     axes = [c for c in runs.columns if c.startswith("axis:")]
@@ -229,20 +232,32 @@ def removed_by(findings: list[dict[str, Any]], ablation: AblationResult) -> dict
                       & (runs[others] == "failing").all(axis=1)]
         if single.empty:
             continue
-        fired, checked = set(), False
+        fires, silent = set(), set()
         for run_dir in single["run_dir"]:
             if not (Path(run_dir) / "records.jsonl").exists():
-                continue
-            checked = True
-            for f in detect_run(run_dir).findings:
-                fired.add((f.rule, f.block, f.half))
-        if not checked:
-            continue  # no recorded cell: this axis says nothing about findings
-        for finding in findings:
-            key = (finding["rule"], finding["block"], finding["half"])
-            if key not in fired:
-                silenced[_finding_key(finding)].append(column.removeprefix("axis:"))
+                continue  # an unrecorded cell says nothing about findings
+            result = detect_run(run_dir)
+            fired = {(f.rule, f.block, f.half) for f in result.findings}
+            for finding in findings:
+                key = _finding_key(finding)
+                if key[:3] in fired:
+                    fires.add(key)
+                elif _checked(finding, result.not_checked):
+                    silent.add(key)
+        for key in silent - fires:
+            silenced[key].append(column.removeprefix("axis:"))
     return silenced
+
+
+def _checked(finding: dict[str, Any], not_checked: list) -> bool:
+    """Whether the finding's rule could check the finding's place in a run."""
+    place = f"block{finding['block']}" if finding["block"] is not None else None
+    for entry in not_checked:
+        if entry.rule != finding["rule"]:
+            continue
+        if entry.what == "all" or place is None or entry.what.startswith(place):
+            return False
+    return True
 
 
 def _finding_key(finding: dict[str, Any]) -> tuple:

@@ -77,3 +77,19 @@ def test_bad_factory_is_a_clear_error(tmp_path, capsys):
                  "--out", str(tmp_path)])
     assert code == 2
     assert "cannot import 'no_such_module'" in capsys.readouterr().err
+
+
+def test_removed_by_names_the_axis_that_fixes_the_range_mismatch(diagnosis):
+    from diagnostics.ablation import load_ablation
+    from diagnostics.detectors import detect_run
+    from diagnostics.diagnose import removed_by
+
+    failing = detect_run(diagnosis / "runs" / "failing-reference")
+    findings = [f.to_dict() for f in failing.findings]
+    mismatch = [f for f in findings if f["rule"] == "range_mismatch"]
+    assert mismatch, "the sigmoid decoder of block 1 cannot reach tanh codes"
+    silenced = removed_by(findings, load_ablation(diagnosis / "runs" / "ablation"))
+    key = ("range_mismatch", 1, "dec", None)
+    # Only an identity decoder can reach the tanh codes; no other axis
+    # changes block 1's decoder activation.
+    assert silenced[key] == ["decoder_activation"]

@@ -305,9 +305,15 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
     try:
         with torch.random.fork_rng(devices=[]), _one_thread():
             callbacks, recorder = _callbacks(run_dir, options.record)
-            Trainer(config, data, run_dir, eval_every=ONLY_LAST,
-                    probe_epochs=options.probe_epochs, callbacks=callbacks,
-                    device=options.device).fit()
+            trainer = Trainer(config, data, run_dir, eval_every=ONLY_LAST,
+                              probe_epochs=options.probe_epochs, callbacks=callbacks,
+                              device=options.device)
+            trainer.fit()
+            if recorder == "recorder":
+                # A recorded cell is judged by the detectors like any run,
+                # and some of their rules read the model's static facts.
+                from ..detectors.facts import facts_from_model
+                facts_from_model(trainer.model, data.x_test[:256]).save(run_dir)
     except Exception as exc:  # any failure of the run is recorded, not raised
         error = f"{type(exc).__name__}: {exc}"
         log.warning("run %s (%s) raised %s", task["run"], task["label"], error)
