@@ -76,3 +76,38 @@ def test_variants_lists_every_named_variant(capsys):
     assert names == list(VARIANTS)
     code, out, _ = _run(capsys, "variants", "--fields")
     assert "regression = 0.0" in out
+
+
+SMALL_SWEEP = ["--epochs", "1", "--seeds", "0", "--workers", "1", "--probe-epochs", "1",
+               "--max-train", "128", "--max-test", "64", "--record", "off", "--quiet"]
+
+
+def test_ablate_two_specs_ranks_the_one_axis(capsys, tmp_path):
+    code, out, _ = _run(capsys, "ablate", "--failing", "authors lr=0.001",
+                        "--working", "authors", *SMALL_SWEEP, "--out", str(tmp_path))
+    assert code == 0
+    causes = json.loads((tmp_path / "causes.json").read_text())
+    assert [c["axis"] for c in causes if c["rank"] == 1] == ["lr"]
+    assert out.splitlines()[0].startswith("1. lr: ")
+
+
+def test_ablate_grid_crosses_the_toml_values(capsys, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('base = "authors"\n\n[grid]\nlr = [0.001, 0.01]\n'
+                    'lr_decay = [true, false]\n')
+    code, out, _ = _run(capsys, "ablate", "--grid", str(grid), *SMALL_SWEEP,
+                        "--out", str(tmp_path / "sweep"))
+    assert code == 0
+    import pandas as pd
+    runs = pd.read_csv(tmp_path / "sweep" / "results.csv")
+    assert len(runs) == 4
+    assert sorted(zip(runs["lr"], runs["lr_decay"])) == [
+        (0.001, False), (0.001, True), (0.01, False), (0.01, True)]
+
+
+def test_ablate_bad_grid_names_the_file(capsys, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text("[grid]\ncolour = [1, 2]\n")
+    code, _, err = _run(capsys, "ablate", "--grid", str(grid), *SMALL_SWEEP,
+                        "--out", str(tmp_path / "sweep"))
+    assert code == 2 and "grid.toml" in err and "colour" in err
