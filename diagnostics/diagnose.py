@@ -44,11 +44,12 @@ from .user_model import USER_MODEL, ProtocolTrainer
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "detect", "ablate", "report")
-# The failing and working runs are short (a few hundred steps), so in the
+# The runs of a diagnosis are short (a few hundred steps), so in the
 # recorder's default mode they are recorded more densely than its defaults
 # (cheap quantities every 50 steps, expensive every 500): every detector then
-# has enough points to judge, at a few seconds' cost. Ablation cells keep the
-# recorder's defaults.
+# has enough points to judge. The ablation cells use the same intervals, so a
+# rule that falls silent in a cell was as able to fire there as in the
+# failing run.
 RECORDED_RUN_EVERY = {"cheap_every": 5, "expensive_every": 20}
 
 
@@ -146,8 +147,7 @@ def train_recorded(subject: Subject, data: Dataset, options: DiagnoseOptions,
     if subject.factory is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / USER_MODEL).write_text(json.dumps({"factory": subject.spec}) + "\n")
-    every = RECORDED_RUN_EVERY if options.record == "default" else {}
-    recorder = TrainerRecorder(run_dir, options.record, **every)
+    recorder = TrainerRecorder(run_dir, options.record, **_record_every(options))
     with recorder:
         if subject.factory is None:
             trainer = Trainer(config, data, run_dir, callbacks=[recorder],
@@ -163,6 +163,10 @@ def train_recorded(subject: Subject, data: Dataset, options: DiagnoseOptions,
                                                              data.x_test[:256])
     facts.save(run_dir / "facts.json")
     return run_dir
+
+
+def _record_every(options: DiagnoseOptions) -> dict[str, int]:
+    return dict(RECORDED_RUN_EVERY) if options.record == "default" else {}
 
 
 def mean_image_mse(data: Dataset) -> float:
@@ -312,6 +316,7 @@ def diagnose(failing: Subject, working: Subject | None, options: DiagnoseOptions
                 failing.config, working.config, options.out / "runs" / "ablation",
                 epochs=options.epochs, seeds=options.seeds, workers=options.workers,
                 record=options.record, probe_epochs=options.probe_epochs,
+                record_every=_record_every(options),
                 max_train=options.max_train, max_test=options.max_test,
                 data_root=options.data_root, progress=progress is not None)
             failing_findings = [f for f in findings if f["subject"] == "failing"]

@@ -84,6 +84,8 @@ class RunOptions:
         record: ``off``, or a recorder mode (``default``, ``full``): every run
             becomes a TensorBoard run with its hparams and final metrics.
         keep_checkpoints: keep each run's ``checkpoint.pt`` (a few MB each).
+        cheap_every, expensive_every: the recorder's intervals (its defaults
+            when None); recording does not change a run's numbers.
     """
 
     probe_epochs: int = 10
@@ -93,6 +95,8 @@ class RunOptions:
     device: str = "cpu"
     record: str = "off"
     keep_checkpoints: bool = False
+    cheap_every: int | None = None
+    expensive_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.probe_epochs < 0:
@@ -304,7 +308,7 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
     error, recorder = None, "off"
     try:
         with torch.random.fork_rng(devices=[]), _one_thread():
-            callbacks, recorder = _callbacks(run_dir, options.record)
+            callbacks, recorder = _callbacks(run_dir, options)
             trainer = Trainer(config, data, run_dir, eval_every=ONLY_LAST,
                               probe_epochs=options.probe_epochs, callbacks=callbacks,
                               device=options.device)
@@ -356,14 +360,17 @@ def _final_metrics(run_dir: Path, error: str | None
     return metrics, False, None
 
 
-def _callbacks(run_dir: Path, record: str) -> tuple[list[Any], str]:
+def _callbacks(run_dir: Path, options: RunOptions) -> tuple[list[Any], str]:
     """The recorder as a callback when it exists; which path is used."""
-    if record == "off":
+    if options.record == "off":
         return [], "off"
     if importlib.util.find_spec("diagnostics.recorder") is None:
         return [], "summary-writer"
     from diagnostics.recorder import TrainerRecorder
-    return [TrainerRecorder(str(run_dir), record)], "recorder"
+    every = {k: v for k, v in (("cheap_every", options.cheap_every),
+                               ("expensive_every", options.expensive_every))
+             if v is not None}
+    return [TrainerRecorder(str(run_dir), options.record, **every)], "recorder"
 
 
 def _write_hparams(run_dir: Path, task: dict[str, Any],

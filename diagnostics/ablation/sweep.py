@@ -29,6 +29,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
@@ -97,6 +98,7 @@ class AblationResult:
 def run_ablation(failing: Config, working: Config, out_dir: str | Path, *,
                  epochs: int, seeds: Sequence[int] = (0, 1, 2),
                  workers: int | None = None, top: int = 4, record: str = "off",
+                 record_every: Mapping[str, int] | None = None,
                  probe_epochs: int = 10, head_epochs: int | None = None,
                  include_architecture: bool = False, metric: str | None = None,
                  max_train: int | None = None, max_test: int | None = None,
@@ -121,6 +123,8 @@ def run_ablation(failing: Config, working: Config, out_dir: str | Path, *,
         workers: processes (``None``: every core; 1: in this process).
         top: at most this many axes in the factorial (2^top cells).
         record: ``off``, or a recorder mode: every run a TensorBoard run.
+        record_every: the recorder's ``cheap_every`` / ``expensive_every``
+            (its defaults when absent).
         probe_epochs: epochs of the linear probes at the end of each run.
         head_epochs: epochs of an ``after`` head (default: the failing one's).
         include_architecture: ablate the architecture fields as one axis.
@@ -153,7 +157,7 @@ def run_ablation(failing: Config, working: Config, out_dir: str | Path, *,
                            if head_epochs is not None else failing.head_epochs)
     options = RunOptions(probe_epochs=probe_epochs, max_train=max_train,
                          max_test=max_test, data_root=data_root, device=device,
-                         record=record)
+                         record=record, **dict(record_every or {}))
     fingerprint = options.fingerprint()
     design: dict[str, Any] = {
         "kind": "ablation", "format": 1, "status": "running",
@@ -280,6 +284,7 @@ def _warn_failures(runs: pd.DataFrame) -> None:
 def run_grid(base: Config, grid: dict[str, list[Any]], out_dir: str | Path, *,
              epochs: int, seeds: Sequence[int] = (0, 1, 2),
              workers: int | None = None, record: str = "off",
+             record_every: Mapping[str, int] | None = None,
              probe_epochs: int = 10, metric: str | None = None,
              max_train: int | None = None, max_test: int | None = None,
              data_root: str = "data", device: str = "cpu",
@@ -303,7 +308,7 @@ def run_grid(base: Config, grid: dict[str, list[Any]], out_dir: str | Path, *,
     start = base.replace(epochs=epochs)
     options = RunOptions(probe_epochs=probe_epochs, max_train=max_train,
                          max_test=max_test, data_root=data_root, device=device,
-                         record=record)
+                         record=record, **dict(record_every or {}))
     runs_list = grid_runs(start, grid, seeds, options.fingerprint())
     design: dict[str, Any] = {
         "kind": "grid", "format": 1, "status": "running", "base": base.to_dict(),

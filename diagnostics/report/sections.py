@@ -345,7 +345,9 @@ def learning_curves_section(inputs: ReportInputs, page: Page) -> dict[str, Any]:
     for m in LEARNING_METRICS:
         if m not in drawn:
             page.missing("learning-curves", f"no run reports {m}")
-    fig, axes = plots.new_figure(3.6 * len(drawn), 2.8, ncols=len(drawn))
+    # Tall enough for one legend line per cell (a full design has ~30).
+    height = max(2.8, 0.17 * metrics["cell"].nunique() + 1.0)
+    fig, axes = plots.new_figure(3.6 * len(drawn), height, ncols=len(drawn))
     for ax, metric in zip(axes, drawn):
         plots.plot_learning_curve(metrics, metric, ax)
     section["plot"] = {"image": plots.to_data_uri(fig)}
