@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import TracebackType
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
@@ -43,15 +44,19 @@ class TrainerRecorder(Callback):
         logdir: the run directory.
         mode: ``off`` (records nothing, writes nothing), ``default``, ``full``.
         probe_examples: size of the held-out probe batch.
+        hparams: extra HParams of the run beside the config's fields (an
+            ablation cell's axis settings, for instance).
         options: further :class:`~diagnostics.recording.Recorder` arguments
             (schedules, for instance).
     """
 
     def __init__(self, logdir: str | Path, mode: str = "default", *,
-                 probe_examples: int = PROBE_EXAMPLES, **options: Any) -> None:
+                 probe_examples: int = PROBE_EXAMPLES,
+                 hparams: Mapping[str, Any] | None = None, **options: Any) -> None:
         self.logdir = Path(logdir)
         self.mode = mode
         self.probe_examples = probe_examples
+        self.hparams = dict(hparams or {})
         self.options = options
         self.recorder: Recorder | None = None
 
@@ -70,7 +75,8 @@ class TrainerRecorder(Callback):
         probe = (data.x_test[:n].to(trainer.device), data.y_test[:n].to(trainer.device))
         self.recorder = Recorder(
             trainer.model, self.logdir, mode=self.mode, probe_batch=probe,
-            image_shape=data.image_shape, config=trainer.config.to_dict(),
+            image_shape=data.image_shape,
+            config={**trainer.config.to_dict(), **self.hparams},
             start_step=trainer.step, epoch=trainer.epoch, **self.options)
         self.recorder.attach()
 

@@ -24,17 +24,14 @@ Final metrics are the last line of ``metrics.jsonl``; the trainer evaluates
 only the last epoch (``eval_every`` beyond any run's length).
 
 Recording (``record`` not ``off``): the run directory is a TensorBoard run.
-With ``diagnostics.recorder`` importable, its ``TrainerRecorder`` is a
-callback of the trainer and writes the run's scalars and its HParams (every
-config field; ``name`` is the cell label). Without it, a small fallback
-writes this run's settings (``axis:<name>``), seed and varying fields as
-HParams, and the final metrics as ``test/...`` scalars, into the run's own
-event file.
+``TrainerRecorder`` is a callback of the trainer and writes the run's
+scalars and, in the run's own event file, its HParams: every config field
+(``name`` is the cell label), the run's axis settings (``axis:<name>``) and
+seed, with the final metrics.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -57,7 +54,7 @@ from tourbillon.data import Dataset, load_dataset
 from tourbillon.errors import ConfigError
 from tourbillon.train import CHECKPOINT, Trainer, read_metrics
 
-from .design import AXIS_PREFIX, Run, hparams
+from .design import Run, hparams
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +62,6 @@ METRICS: tuple[str, ...] = ("test_recon_mse", "test_accuracy", "probe_accuracy")
 RECORD_MODES: tuple[str, ...] = ("off", "default", "full")
 CELLS, RUNS = "cells", "runs"
 ONLY_LAST = 2**31 - 1  # an eval_every no run reaches: only the last epoch is evaluated
-
-
-def metric_tag(metric: str) -> str:
-    """TensorBoard tag of a final metric (``test/recon_mse``, ...)."""
-    return "test/" + metric.removeprefix("test_")
 
 
 @dataclass(frozen=True)
@@ -308,7 +300,7 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
     error, recorder = None, "off"
     try:
         with torch.random.fork_rng(devices=[]), _one_thread():
-            callbacks, recorder = _callbacks(run_dir, options)
+            callbacks, recorder = _callbacks(run_dir, options, task["hparams"])
             trainer = Trainer(config, data, run_dir, eval_every=ONLY_LAST,
                               probe_epochs=options.probe_epochs, callbacks=callbacks,
                               device=options.device)
@@ -326,18 +318,11 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
     # Tidy up, record for TensorBoard, and write the result last.
     if not options.keep_checkpoints:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
-    record_error = None
-    if recorder == "summary-writer":
-        try:
-            _write_hparams(run_dir, task, metrics)
-        except Exception as exc:  # TensorBoard output is not worth losing the run
-            record_error = f"{type(exc).__name__}: {exc}"
-            log.warning("run %s: hparams not written: %s", task["run"], record_error)
     result = {"run": task["run"], "cell": task["cell"], "seed": task["seed"],
               "label": task["label"], "run_dir": task["relative_dir"],
               "metrics": metrics, "diverged": diverged, "error": error,
               "seconds": time.perf_counter() - started, "recorder": recorder,
-              "record_error": record_error, "config": task["config"]}
+              "config": task["config"]}
     _atomic_write_json(Path(task["result"]), result)
     return result
 
@@ -360,37 +345,17 @@ def _final_metrics(run_dir: Path, error: str | None
     return metrics, False, None
 
 
-def _callbacks(run_dir: Path, options: RunOptions) -> tuple[list[Any], str]:
-    """The recorder as a callback when it exists; which path is used."""
+def _callbacks(run_dir: Path, options: RunOptions, hparams: dict[str, Any]
+               ) -> tuple[list[Any], str]:
+    """The recorder as a callback unless recording is off; which it is."""
     if options.record == "off":
         return [], "off"
-    if importlib.util.find_spec("diagnostics.recorder") is None:
-        return [], "summary-writer"
     from diagnostics.recorder import TrainerRecorder
     every = {k: v for k, v in (("cheap_every", options.cheap_every),
                                ("expensive_every", options.expensive_every))
              if v is not None}
-    return [TrainerRecorder(str(run_dir), options.record, **every)], "recorder"
-
-
-def _write_hparams(run_dir: Path, task: dict[str, Any],
-                   metrics: dict[str, float | None]) -> None:
-    """Settings, varying fields and final metrics as this run's HParams session."""
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-    values = {metric_tag(m): math.nan if v is None else float(v)
-              for m, v in metrics.items()}
-    hp = task["hparams"]
-    domains = {k: v for k, v in task["domains"].items()
-               if k.startswith(AXIS_PREFIX) and isinstance(hp.get(k), str)}
-    experiment, start, end = hparams_summary(hp, values, domains)
-    step = (read_metrics(run_dir) or [{}])[-1].get("step") or 0
-    with SummaryWriter(log_dir=str(run_dir)) as writer:
-        for summary in (experiment, start, end):
-            writer.file_writer.add_summary(summary)
-        for tag, value in values.items():
-            writer.add_scalar(tag, value, step)
+    return [TrainerRecorder(str(run_dir), options.record, hparams=hparams,
+                            **every)], "recorder"
 
 
 def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
