@@ -264,6 +264,23 @@ def _checked(finding: dict[str, Any], not_checked: list) -> bool:
     return True
 
 
+def detect_all(run_dirs: dict[str, Path], say: Callable = lambda *a: None
+               ) -> tuple[list[dict[str, Any]], dict[str, list[dict]]]:
+    """Findings of every labelled run (each tagged with its ``subject``), and
+    per label the checks its rules could not make."""
+    findings, not_checked = [], {}
+    for label, run_dir in run_dirs.items():
+        say("detect", label)
+        result = detect_run(run_dir)
+        findings += [dict(f.to_dict(), subject=label) for f in result.findings]
+        not_checked[label] = [n.to_dict() for n in result.not_checked]
+    return findings, not_checked
+
+
+def _of_failing(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [f for f in findings if f["subject"] == "failing"]
+
+
 def _finding_key(finding: dict[str, Any]) -> tuple:
     return (finding["rule"], finding["block"], finding["half"], finding["circulation"])
 
@@ -299,13 +316,8 @@ def diagnose(failing: Subject, working: Subject | None, options: DiagnoseOptions
                                                      progress=progress is not None)
 
     # Detect symptoms in both.
-    findings, not_checked = [], {}
     with _timed(timings, "detect"):
-        for label, run_dir in run_dirs.items():
-            say("detect", label)
-            result = detect_run(run_dir)
-            findings += [dict(f.to_dict(), subject=label) for f in result.findings]
-            not_checked[label] = [n.to_dict() for n in result.not_checked]
+        findings, not_checked = detect_all(run_dirs, say)
 
     # Attribute the stall: which differences from the working config matter.
     ablation, silenced = None, {}
@@ -319,8 +331,7 @@ def diagnose(failing: Subject, working: Subject | None, options: DiagnoseOptions
                 record_every=_record_every(options),
                 max_train=options.max_train, max_test=options.max_test,
                 data_root=options.data_root, progress=progress is not None)
-            failing_findings = [f for f in findings if f["subject"] == "failing"]
-            silenced = removed_by(failing_findings, ablation)
+            silenced = removed_by(_of_failing(findings), ablation)
 
     # Judge and report.
     with _timed(timings, "report"):
@@ -389,20 +400,15 @@ def rebuild_report(runs_dir: str | Path, out: str | Path | None = None,
 
     timings: dict[str, float] = {}
     with _timed(timings, "detect"):
-        findings, not_checked = [], {}
-        for label, run_dir in run_dirs.items():
-            result = detect_run(run_dir)
-            findings += [dict(f.to_dict(), subject=label) for f in result.findings]
-            not_checked[label] = [n.to_dict() for n in result.not_checked]
+        findings, not_checked = detect_all(run_dirs)
     ablation, silenced = None, {}
     if (runs_dir / "ablation" / "causes.json").exists():
         ablation = load_ablation(runs_dir / "ablation")
-        silenced = removed_by([f for f in findings if f["subject"] == "failing"],
-                              ablation)
+        silenced = removed_by(_of_failing(findings), ablation)
     with _timed(timings, "report"):
         verdict = judge(read_metrics(run_dirs["failing"])[-1], data)
-        seeds = json.loads((runs_dir / "ablation" / "sweep.json").read_text()).get(
-            "seeds", []) if ablation is not None else [failing.seed]
+        seeds = (ablation.design.get("seeds", []) if ablation is not None
+                 else [failing.seed])
         options = DiagnoseOptions(seeds=tuple(seeds) or (failing.seed,), out=out)
         report, findings_json = _write_report(
             out / "reports", verdict, ablation, findings, not_checked, silenced,

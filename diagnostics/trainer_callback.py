@@ -94,7 +94,7 @@ class TrainerRecorder(Callback):
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if self.recorder is not None:
             self.recorder.epoch = trainer.epoch
-            scalars = epoch_scalars(metrics, _blocks(trainer))
+            scalars = epoch_scalars(metrics, trainer.num_blocks)
             self.recorder.log_scalars(scalars, step=trainer.step)
             self.recorder.flush()
 
@@ -110,9 +110,5 @@ class TrainerRecorder(Callback):
         """Remove the hooks, close the files."""
         if self.recorder is not None:
             self.recorder.close()
-
-
-def _blocks(trainer: Trainer) -> int:
-    return getattr(trainer, "num_blocks", None) or len(trainer.model.blocks)
 
 
