@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import VARIANTS, Config, field_names, parse_overrides, resolve
 from .errors import ConfigError, TourbillonError
+from .probe import PROBE_EPOCHS
 
 RECORD_MODES = ("off", "default", "full")
 
@@ -47,8 +48,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--eval-every", type=int, default=1, metavar="N",
                    help="evaluate every N epochs (the last epoch always is)")
-    p.add_argument("--probe-epochs", type=int, default=30, metavar="N",
-                   help="epochs of each linear probe; 0 skips probes")
+    p.add_argument("--probe-epochs", type=int, default=PROBE_EPOCHS, metavar="N",
+                   help=f"epochs of each linear probe (default {PROBE_EPOCHS}); "
+                   "0 skips probes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

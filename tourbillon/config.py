@@ -408,6 +408,7 @@ _AUTHORS = dict(
     momentum=0.8,
     lr_decay=True,
     epochs=10,
+    head_epochs=100,
 )
 _BP_AE = dict(
     sizes=(784, 256),
@@ -447,7 +448,8 @@ VARIANTS: dict[str, Variant] = {
             "data with presynaptic first-pass code; encoder rule (h0 - h1) f'(h0) "
             "with presynaptic data (encoder_rule='authors'); first-pass code "
             "passed up; their averaged-momentum SGD at lr 0.01 with decay, summed "
-            "errors; linear classifier trained afterwards on frozen codes.",
+            "errors; linear classifier trained afterwards on frozen codes (Adam, "
+            "100 epochs, as their classifier).",
             _AUTHORS,
         ),
         Variant(
