@@ -433,7 +433,7 @@ def test_make_optimizer_uses_the_authors_decay() -> None:
     optimizer = make_optimizer([torch.zeros(1, requires_grad=True)], config)
     assert isinstance(optimizer, AveragedMomentumSGD)
     group = optimizer.param_groups[0]
-    assert (group["lr"], group["momentum"]) == (config.lr, config.momentum)
+    assert (group["lr0"], group["momentum"]) == (config.lr, config.momentum)
     assert group["decay"] == pytest.approx(config.lr / config.epochs)
     no_decay = make_optimizer([torch.zeros(1, requires_grad=True)],
                               config.replace(lr_decay=False))

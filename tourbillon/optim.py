@@ -10,12 +10,18 @@ from torch import Tensor
 from .config import Config
 
 
-class AveragedMomentumSGD(torch.optim.Optimizer):
+class AveragedMomentumSGD(torch.optim.SGD):
     """SGD whose momentum is a running average of gradients.
 
-    ``m = momentum * m + (1 - momentum) * g`` and ``w -= lr_t * m`` with
-    ``lr_t = lr / (1 + decay * t)``, ``t`` the number of earlier steps of the
-    parameter group (kept in the group, so it is saved with the state).
+    ``m = momentum * m + (1 - momentum) * g`` with ``m`` starting at zero, and
+    ``w -= lr_t * m`` with ``lr_t = lr / (1 + decay * t)``, ``t`` the number of
+    earlier steps of the parameter group.
+
+    This is torch's SGD with ``dampening = momentum`` and a zero initial
+    buffer (torch's own first step would copy the gradient instead), so the
+    update runs in torch's fused kernel where the device has one. The group
+    keeps ``lr0``, ``decay`` and ``step``, so they are saved with the state;
+    its ``lr`` is the rate of the latest step.
 
     Args:
         params: parameters to update.
@@ -26,27 +32,32 @@ class AveragedMomentumSGD(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.8,
                  decay: float = 0.0) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, decay=decay))
+        params = list(params)
+        super().__init__(params, lr=lr, momentum=momentum, dampening=momentum,
+                         fused=_fused_supported(params))
+        for group in self.param_groups:
+            group.update(lr0=lr, decay=decay, step=0)
 
     @torch.no_grad()
     def step(self, closure=None) -> None:  # type: ignore[override]
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            averages = []
-            for p in params:
-                state = self.state[p]
-                if "average" not in state:
-                    state["average"] = torch.zeros_like(p)
-                averages.append(state["average"])
-            t = group.setdefault("step", 0)
-            lr_t = group["lr"] / (1.0 + group["decay"] * t)
-            # m <- m + (1 - momentum) (g - m), then w <- w - lr_t m.
-            torch._foreach_lerp_(averages, grads, 1.0 - group["momentum"])
-            torch._foreach_add_(params, averages, alpha=-lr_t)
-            group["step"] = t + 1
+            for p in group["params"]:
+                if p.grad is not None and "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            group["lr"] = group["lr0"] / (1.0 + group["decay"] * group["step"])
+        super().step()
+        for group in self.param_groups:
+            group["step"] += 1
+
+
+def _fused_supported(params: list[Tensor]) -> bool:
+    """Whether torch's fused SGD kernel takes these parameters."""
+    try:
+        torch.optim.SGD([torch.zeros(1, device=p.device, dtype=p.dtype)
+                         for p in params[:1]], lr=0.1, fused=True)
+    except RuntimeError:
+        return False
+    return True
 
 
 def make_optimizer(params: Iterable[Tensor], config: Config) -> torch.optim.Optimizer:

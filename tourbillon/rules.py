@@ -27,8 +27,7 @@ def squared_error(output: Tensor, target: Tensor, reduction: str) -> Tensor:
     """
     if reduction == "mean":
         return F.mse_loss(output, target)
-    B = output.shape[0]
-    return 0.5 * (output - target).pow(2).sum() / B
+    return F.mse_loss(output, target, reduction="sum") * (0.5 / output.shape[0])
 
 
 def _error_scale(output: Tensor, reduction: str) -> float:
@@ -51,9 +50,9 @@ def encoder_objective(out: dict[str, Tensor], config: Config,
         return output.new_zeros(())
     if config.encoder_rule == "autograd":
         return squared_error(output, target, config.loss_reduction)
-    error = (output - target).detach()  # h_o - h_t
-    presyn = out[f"enc_presyn{suffix}"]  # h_t with its graph
-    return (error * presyn).sum() * _error_scale(output, config.loss_reduction)
+    error = (output.detach() - target).flatten()  # h_o - h_t
+    presyn = out[f"enc_presyn{suffix}"].flatten()  # h_t with its graph
+    return torch.dot(error, presyn) * _error_scale(output, config.loss_reduction)
 
 
 def decoder_objective(out: dict[str, Tensor], config: Config,
