@@ -2,8 +2,9 @@
 
 Reference figures (CONTEXT.md, measured with the authors' code on this
 sample): test reconstruction MSE 0.019 and probe accuracy 89.9% after 10
-epochs, with about a point of spread over splits and seeds. Seed 0 is used
-throughout; the tolerances below are that stated spread, not tuned to pass.
+epochs. CONTEXT.md gives the MSE to two significant figures, so the check
+is that ours rounds to it. Seed 0 throughout, the trainer's default probe
+(100 epochs, see tourbillon/probe.py).
 """
 
 from __future__ import annotations
@@ -31,12 +32,18 @@ def test_reference_fails_like_the_original():
 
 
 def test_authors_matches_the_authors_code(authors):
-    assert authors["test_recon_mse"] <= 0.0195  # 0.019 at the table's precision
-    assert authors["probe_accuracy"] >= 0.899 - 0.01
+    assert round(authors["test_recon_mse"], 3) <= 0.019
+    assert authors["probe_accuracy"] >= 0.899
 
 
-def test_tuned_variant_beats_reference_and_authors(authors):
+def test_feedback_beats_authors_and_their_code_on_both_measures(authors):
+    best = _final("feedback")
+    assert best["test_recon_mse"] < min(authors["test_recon_mse"], 0.019)
+    assert best["probe_accuracy"] > max(authors["probe_accuracy"], 0.899)
+    assert best["test_accuracy"] > max(authors["test_accuracy"], 0.899)
+
+
+def test_tuned_variant_reconstructs_far_better_than_authors(authors):
     tuned = _final("tuned")
-    assert tuned["test_recon_mse"] < authors["test_recon_mse"]
-    assert tuned["probe_accuracy"] > authors["probe_accuracy"]
-    assert tuned["test_accuracy"] > 0.2
+    assert tuned["test_recon_mse"] < authors["test_recon_mse"] / 3
+    assert tuned["probe_accuracy"] > 0.88  # the code keeps what the probe reads
