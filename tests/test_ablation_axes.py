@@ -32,7 +32,7 @@ def test_reference_vs_authors_axes():
     assert optimizer.failing == {"optimizer": "adam", "lr": 0.001, "lr_decay": False}
     assert optimizer.working == {"optimizer": "sgd", "lr": 0.01, "lr_decay": True}
     skipped = axes_module.excluded_fields(resolve("reference"), resolve("authors"))
-    assert set(skipped) == {"sizes", "epochs"}
+    assert set(skipped) == {"sizes", "epochs", "head_epochs"}
 
 
 def test_architecture_is_an_axis_only_when_asked():
