@@ -47,7 +47,8 @@ def main() -> None:
             short, full = (probe_accuracy(train_x, y_train, test_x, y_test,
                                           epochs=epochs, seed=seed)
                            for epochs in (SHORT, PROBE_EPOCHS))
-            print(f"{variant:<22}{seed:>5}{short:>9.3f}{full:>9.3f}{full - short:>+9.3f}")
+            print(f"{variant:<22}{seed:>5}{short:>9.3f}{full:>9.3f}"
+                  f"{full - short:>+9.3f}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from tourbillon.config import VARIANTS, Config
 from tourbillon.model import Tourbillon
+from tourbillon import optim
 from tourbillon.optim import AveragedMomentumSGD, make_optimizer
 from tourbillon.rules import decoder_objective, encoder_objective, feedback_objective
 
@@ -394,8 +395,12 @@ def test_feedback_objective_is_direct_feedback_alignment(feed_from: int) -> None
 # -- the authors' SGD ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("decay", [0.0, 0.05], ids=["constant-lr", "decay"])
-def test_averaged_momentum_sgd_matches_hand_loop(decay: float) -> None:
+def test_averaged_momentum_sgd_matches_hand_loop(decay: float, fused: bool,
+                                                 monkeypatch) -> None:
+    if not fused:  # as on a device without torch's fused SGD kernel
+        monkeypatch.setattr(optim, "fused_available", lambda *args: False)
     lr, momentum, steps = 0.3, 0.8, 6
     g = torch.Generator().manual_seed(1)
     start = [torch.randn(4, 3, generator=g, dtype=torch.float64),
@@ -405,6 +410,7 @@ def test_averaged_momentum_sgd_matches_hand_loop(decay: float) -> None:
 
     params = [p.clone().requires_grad_() for p in start]
     optimizer = AveragedMomentumSGD(params, lr, momentum, decay)
+    assert optimizer.defaults["fused"] is fused
     weights, averages = [p.clone() for p in start], [torch.zeros_like(p) for p in start]
     for t in range(steps):
         for p, grad in zip(params, grads[t]):
@@ -417,6 +423,12 @@ def test_averaged_momentum_sgd_matches_hand_loop(decay: float) -> None:
             weights[i] = weights[i] - lr_t * averages[i]
             torch.testing.assert_close(params[i].detach(), weights[i], atol=1e-12,
                                        rtol=0)
+
+
+def test_fused_available_says_no_for_tensors_without_a_kernel() -> None:
+    assert optim.fused_available(torch.optim.SGD, [torch.zeros(2)]) is True
+    assert optim.fused_available(torch.optim.SGD,
+                                 [torch.zeros(2, dtype=torch.int64)]) is False
 
 
 def test_averaged_momentum_sgd_skips_parameters_without_gradient() -> None:

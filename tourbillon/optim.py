@@ -34,7 +34,7 @@ class AveragedMomentumSGD(torch.optim.SGD):
                  decay: float = 0.0) -> None:
         params = list(params)
         super().__init__(params, lr=lr, momentum=momentum, dampening=momentum,
-                         fused=_fused_supported(params))
+                         fused=fused_available(torch.optim.SGD, params))
         for group in self.param_groups:
             group.update(lr0=lr, decay=decay, step=0)
 
@@ -50,12 +50,14 @@ class AveragedMomentumSGD(torch.optim.SGD):
             group["step"] += 1
 
 
-def _fused_supported(params: list[Tensor]) -> bool:
-    """Whether torch's fused SGD kernel takes these parameters."""
+def fused_available(optimizer: type[torch.optim.Optimizer],
+                    params: list[Tensor]) -> bool:
+    """Whether ``optimizer(..., fused=True)`` takes tensors like ``params``
+    (torch's fused kernels cover only some devices and dtypes)."""
     try:
-        torch.optim.SGD([torch.zeros(1, device=p.device, dtype=p.dtype)
-                         for p in params[:1]], lr=0.1, fused=True)
-    except RuntimeError:
+        optimizer([torch.zeros(1, device=p.device, dtype=p.dtype, requires_grad=True)
+                   for p in params[:1]], lr=0.1, fused=True)
+    except (RuntimeError, ValueError):
         return False
     return True
 

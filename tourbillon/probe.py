@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .optim import fused_available
+
 PROBE_EPOCHS = 100
 PROBE_LR = 1e-3
 PROBE_BATCH = 64
@@ -58,7 +60,8 @@ def fit_linear(layer: nn.Linear, features: Tensor, labels: Tensor, *,
     with torch.no_grad():
         packed = torch.cat([layer.weight, layer.bias[:, None]], dim=1)
     packed.requires_grad_(True)
-    optimizer = torch.optim.Adam([packed], lr=lr, fused=True)
+    optimizer = torch.optim.Adam(
+        [packed], lr=lr, fused=fused_available(torch.optim.Adam, [packed]))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _ in range(epochs):
