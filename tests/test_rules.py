@@ -425,6 +425,13 @@ def test_averaged_momentum_sgd_matches_hand_loop(decay: float, fused: bool,
                                        rtol=0)
 
 
+def test_averaged_momentum_sgd_refuses_a_foreign_state() -> None:
+    p = torch.ones(3, requires_grad=True)
+    saved = torch.optim.SGD([p], lr=0.1, momentum=0.8).state_dict()
+    with pytest.raises(ValueError, match="lacks decay, lr0, step"):
+        AveragedMomentumSGD([p], lr=0.1).load_state_dict(saved)
+
+
 def test_fused_available_says_no_for_tensors_without_a_kernel() -> None:
     assert optim.fused_available(torch.optim.SGD, [torch.zeros(2)]) is True
     assert optim.fused_available(torch.optim.SGD,

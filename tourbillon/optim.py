@@ -38,6 +38,16 @@ class AveragedMomentumSGD(torch.optim.SGD):
         for group in self.param_groups:
             group.update(lr0=lr, decay=decay, step=0)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a state saved by this class (raises ValueError otherwise)."""
+        for group in state_dict.get("param_groups", []):
+            missing = sorted({"lr0", "decay", "step", "dampening"} - set(group))
+            if missing:
+                raise ValueError(
+                    f"the optimizer state lacks {', '.join(missing)}: it was not "
+                    "saved by this version's AveragedMomentumSGD")
+        super().load_state_dict(state_dict)
+
     @torch.no_grad()
     def step(self, closure=None) -> None:  # type: ignore[override]
         for group in self.param_groups:
