@@ -11,8 +11,14 @@ shapes:
 - weight gradients: encoder ``(256x64) @ (64x784)`` and decoder
   ``(784x64) @ (64x256)``.
 
-Both are timed in one process on one thread, interleaved, and compared by
-their medians. The last line printed is ``ratio: X.XX`` (step / floor).
+A third function, the *bare step*, is the same update written out by hand
+with no trainer, model or autograd: the three products of the forward under
+``no_grad``, the delta rules' errors, the two gradient products into reused
+buffers and the authors' SGD. It shows how much of the step's time is PyTorch's
+eager execution at this size and how much is the toolkit's machinery.
+
+All three are timed in one process on one thread, interleaved, and compared
+by their medians. The last line printed is ``ratio: X.XX`` (step / floor).
 
 Usage::
 
@@ -29,8 +35,10 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from tourbillon.config import resolve
+from tourbillon.optim import make_optimizer
 from tourbillon.data import Dataset
 from tourbillon.train import Trainer
 
@@ -46,11 +54,15 @@ def random_dataset(n: int = 256) -> Dataset:
                    y_test=y[:64], image_shape=(1, 28, 28), classes=10)
 
 
-def make_step() -> Callable[[], None]:
-    """One ``Trainer.train_step`` of the authors' variant on a fixed batch."""
+def make_trainer() -> Trainer:
+    """A trainer of the authors' variant on random data."""
     config = resolve("authors")
     assert config.sizes == (D, H) and config.batch_size == B
-    trainer = Trainer(config, data=random_dataset(), probe_epochs=0)
+    return Trainer(config, data=random_dataset(), probe_epochs=0)
+
+
+def make_step(trainer: Trainer) -> Callable[[], None]:
+    """One ``Trainer.train_step`` of block 0 on the first batch."""
     x, y = trainer.data.x_train[:B], trainer.data.y_train[:B]
 
     def step() -> None:
@@ -76,6 +88,38 @@ def make_floor() -> Callable[[], None]:
         torch.mm(delta_x.t(), h0)  # decoder weight gradient: (D, H)
 
     return floor
+
+
+def make_bare_step(trainer: Trainer, x0: torch.Tensor
+                   ) -> tuple[Callable[[], None], list[torch.Tensor]]:
+    """The authors' update of block 0 by hand, on copies of ``trainer``'s
+    weights (encoder A, a; decoder W, w): no model, no autograd.
+
+    Returns the step and its parameters ``[A, a, W, w]``.
+    """
+    block = trainer.model.blocks[0]
+    layers = (block.encoder[0], block.decoder[0])
+    params = [t.detach().clone().requires_grad_()
+              for layer in layers for t in (layer.weight, layer.bias)]
+    A, a, W, w = params
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer = make_optimizer(params, trainer.config)
+
+    def bare() -> None:
+        with torch.no_grad():
+            h0 = torch.tanh(F.linear(x0, A, a))
+            x1 = F.linear(h0, W, w)  # identity decoder
+            h1 = torch.tanh(F.linear(x1, A, a))
+            delta_x = (x1 - x0).div_(B)  # decoder: data target, sum reduction
+            delta_h = (h1 - h0).mul_(1 - h0 * h0).div_(B)  # encoder: authors' rule
+            torch.mm(delta_h.t(), x0, out=A.grad)
+            torch.sum(delta_h, dim=0, out=a.grad)
+            torch.mm(delta_x.t(), h0, out=W.grad)
+            torch.sum(delta_x, dim=0, out=w.grad)
+        optimizer.step()
+
+    return bare, params
 
 
 def time_interleaved(fns: dict[str, Callable[[], None]], reps: int,
@@ -114,14 +158,20 @@ def main() -> None:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    step, floor = make_step(), make_floor()
+    trainer = make_trainer()
+    bare, _ = make_bare_step(trainer, trainer.data.x_train[:B])
+    step, floor = make_step(trainer), make_floor()
     if args.profile:
         profile_step(step)
-    times = time_interleaved({"step": step, "floor": floor}, reps, warmup)
-    step_s, floor_s = (statistics.median(times[k]) for k in ("step", "floor"))
+    times = time_interleaved({"step": step, "floor": floor, "bare": bare},
+                             reps, warmup)
+    step_s, floor_s, bare_s = (statistics.median(times[k])
+                               for k in ("step", "floor", "bare"))
     print(f"repetitions: {reps}, threads: {torch.get_num_threads()}")
     print(f"step:  {step_s * 1e3:.3f} ms (median Trainer.train_step, authors, "
           f"{D}-{H}, batch {B})")
+    print(f"bare:  {bare_s * 1e3:.3f} ms (the same update by hand, "
+          f"{bare_s / floor_s:.2f}x the floor)")
     print(f"floor: {floor_s * 1e3:.3f} ms (median of its 5 bare matmuls)")
     print(f"ratio: {step_s / floor_s:.2f}")
 

@@ -12,6 +12,7 @@ changed), so five of their lines are longer than 88 characters.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 import subprocess
@@ -542,6 +543,25 @@ def test_random_feedback_rejects_other_layers() -> None:
 
 
 # -- the benchmark script ----------------------------------------------------------
+
+
+def test_benchmark_bare_step_is_the_trainers_update() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "train_step_benchmark", REPO / "benchmarks" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    trainer = bench.make_trainer()
+    bare, params = bench.make_bare_step(trainer, trainer.data.x_train[:bench.B])
+    step = bench.make_step(trainer)
+    for _ in range(3):  # momentum and lr decay in play
+        step()
+        bare()
+    block = trainer.model.blocks[0]
+    trained = [block.encoder[0].weight, block.encoder[0].bias,
+               block.decoder[0].weight, block.decoder[0].bias]
+    for got, want in zip(params, trained):
+        # float32, different operation order: rounding only.
+        torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_benchmark_quick_run_prints_ratio() -> None:
