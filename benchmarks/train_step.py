@@ -25,6 +25,7 @@ Usage::
     python benchmarks/train_step.py            # 400 repetitions
     python benchmarks/train_step.py --quick    # 20 repetitions, a smoke test
     python benchmarks/train_step.py --profile  # also where the step's time goes
+    python benchmarks/train_step.py --batch 256  # other batch sizes
 """
 
 from __future__ import annotations
@@ -54,16 +55,17 @@ def random_dataset(n: int = 256) -> Dataset:
                    y_test=y[:64], image_shape=(1, 28, 28), classes=10)
 
 
-def make_trainer() -> Trainer:
+def make_trainer(batch: int = B) -> Trainer:
     """A trainer of the authors' variant on random data."""
-    config = resolve("authors")
-    assert config.sizes == (D, H) and config.batch_size == B
-    return Trainer(config, data=random_dataset(), probe_epochs=0)
+    config = resolve("authors", {"batch_size": batch})
+    assert config.sizes == (D, H)
+    return Trainer(config, data=random_dataset(max(256, batch)), probe_epochs=0)
 
 
 def make_step(trainer: Trainer) -> Callable[[], None]:
     """One ``Trainer.train_step`` of block 0 on the first batch."""
-    x, y = trainer.data.x_train[:B], trainer.data.y_train[:B]
+    batch = trainer.config.batch_size
+    x, y = trainer.data.x_train[:batch], trainer.data.y_train[:batch]
 
     def step() -> None:
         trainer.train_step(x, y, [0])
@@ -71,14 +73,15 @@ def make_step(trainer: Trainer) -> Callable[[], None]:
     return step
 
 
-def make_floor() -> Callable[[], None]:
+def make_floor(batch: int = B) -> Callable[[], None]:
     """The step's five matrix products, nothing else."""
     g = torch.Generator().manual_seed(1)
     A, a = torch.randn(H, D, generator=g), torch.randn(H, generator=g)
     W, w = torch.randn(D, H, generator=g), torch.randn(D, generator=g)
-    x0 = torch.rand(B, D, generator=g)
-    x1, h0 = torch.rand(B, D, generator=g), torch.rand(B, H, generator=g)
-    delta_h, delta_x = torch.randn(B, H, generator=g), torch.randn(B, D, generator=g)
+    x0 = torch.rand(batch, D, generator=g)
+    x1, h0 = torch.rand(batch, D, generator=g), torch.rand(batch, H, generator=g)
+    delta_h = torch.randn(batch, H, generator=g)
+    delta_x = torch.randn(batch, D, generator=g)
 
     def floor() -> None:
         torch.addmm(a, x0, A.t())  # E(x0): (B, H)
@@ -111,8 +114,9 @@ def make_bare_step(trainer: Trainer, x0: torch.Tensor
             h0 = torch.tanh(F.linear(x0, A, a))
             x1 = F.linear(h0, W, w)  # identity decoder
             h1 = torch.tanh(F.linear(x1, A, a))
-            delta_x = (x1 - x0).div_(B)  # decoder: data target, sum reduction
-            delta_h = (h1 - h0).mul_(1 - h0 * h0).div_(B)  # encoder: authors' rule
+            n = x0.shape[0]
+            delta_x = (x1 - x0).div_(n)  # decoder: data target, sum reduction
+            delta_h = (h1 - h0).mul_(1 - h0 * h0).div_(n)  # encoder: authors' rule
             torch.mm(delta_h.t(), x0, out=A.grad)
             torch.sum(delta_h, dim=0, out=a.grad)
             torch.mm(delta_x.t(), h0, out=W.grad)
@@ -151,6 +155,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 repetitions")
     parser.add_argument("--reps", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=B,
+                        help=f"batch size (default {B}, the authors')")
     parser.add_argument("--profile", action="store_true",
                         help="print a torch.profiler table of the step")
     args = parser.parse_args()
@@ -158,9 +164,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    trainer = make_trainer()
-    bare, _ = make_bare_step(trainer, trainer.data.x_train[:B])
-    step, floor = make_step(trainer), make_floor()
+    trainer = make_trainer(args.batch)
+    bare, _ = make_bare_step(trainer, trainer.data.x_train[:args.batch])
+    step, floor = make_step(trainer), make_floor(args.batch)
     if args.profile:
         profile_step(step)
     times = time_interleaved({"step": step, "floor": floor, "bare": bare},
@@ -169,7 +175,7 @@ def main() -> None:
                                for k in ("step", "floor", "bare"))
     print(f"repetitions: {reps}, threads: {torch.get_num_threads()}")
     print(f"step:  {step_s * 1e3:.3f} ms (median Trainer.train_step, authors, "
-          f"{D}-{H}, batch {B})")
+          f"{D}-{H}, batch {args.batch})")
     print(f"bare:  {bare_s * 1e3:.3f} ms (the same update by hand, "
           f"{bare_s / floor_s:.2f}x the floor)")
     print(f"floor: {floor_s * 1e3:.3f} ms (median of its 5 bare matmuls)")
