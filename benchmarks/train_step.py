@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from tourbillon.config import resolve
-from tourbillon.optim import make_optimizer
 from tourbillon.data import Dataset
+from tourbillon.optim import make_optimizer
 from tourbillon.train import Trainer
 
 B, D, H = 64, 784, 256

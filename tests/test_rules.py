@@ -447,6 +447,16 @@ def test_averaged_momentum_sgd_skips_parameters_without_gradient() -> None:
     assert torch.equal(q.detach(), torch.ones(2)) and q not in optimizer.state
 
 
+def test_averaged_momentum_sgd_counts_only_steps_with_gradients() -> None:
+    p = torch.ones(1, requires_grad=True)
+    optimizer = AveragedMomentumSGD([p], lr=1.0, momentum=0.5, decay=1.0)
+    optimizer.step()  # no gradient: no step, so lr_t stays at lr / (1 + 0)
+    p.grad = torch.ones(1)
+    optimizer.step()
+    torch.testing.assert_close(p.detach(), torch.tensor([1.0 - 0.5]))
+    assert optimizer.param_groups[0]["step"] == 1
+
+
 def test_make_optimizer_uses_the_authors_decay() -> None:
     config = VARIANTS["authors"].config()
     optimizer = make_optimizer([torch.zeros(1, requires_grad=True)], config)

@@ -50,13 +50,17 @@ class AveragedMomentumSGD(torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure=None) -> None:  # type: ignore[override]
+        stepped = []
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None and "momentum_buffer" not in self.state[p]:
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p)
             group["lr"] = group["lr0"] / (1.0 + group["decay"] * group["step"])
+            if params:  # a group without gradients keeps its step count
+                stepped.append(group)
         super().step()
-        for group in self.param_groups:
+        for group in stepped:
             group["step"] += 1
 
 
