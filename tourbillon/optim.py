@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
@@ -68,9 +69,16 @@ def fused_available(optimizer: type[torch.optim.Optimizer],
                     params: list[Tensor]) -> bool:
     """Whether ``optimizer(..., fused=True)`` takes tensors like ``params``
     (torch's fused kernels cover only some devices and dtypes)."""
+    return bool(params) and _fused_available(optimizer, params[0].device,
+                                             params[0].dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_available(optimizer: type[torch.optim.Optimizer], device: torch.device,
+                     dtype: torch.dtype) -> bool:
     try:
-        optimizer([torch.zeros(1, device=p.device, dtype=p.dtype, requires_grad=True)
-                   for p in params[:1]], lr=0.1, fused=True)
+        optimizer([torch.zeros(1, device=device, dtype=dtype, requires_grad=True)],
+                  lr=0.1, fused=True)
     except (RuntimeError, ValueError):
         return False
     return True
