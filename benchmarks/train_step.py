@@ -11,13 +11,22 @@ shapes:
 - weight gradients: encoder ``(256x64) @ (64x784)`` and decoder
   ``(784x64) @ (64x256)``.
 
-A third function, the *bare step*, is the same update written out by hand
-with no trainer, model or autograd: the three products of the forward under
-``no_grad``, the delta rules' errors, the two gradient products into reused
-buffers and the authors' SGD. It shows how much of the step's time is PyTorch's
-eager execution at this size and how much is the toolkit's machinery.
+Two more functions place the step between the floor and eager PyTorch:
 
-All three are timed in one process on one thread, interleaved, and compared
+- the *bare step*, the same update written out by hand with no trainer,
+  model or autograd: the three products of the forward under ``no_grad``,
+  the delta rules' errors, the two gradient products into reused buffers and
+  the authors' SGD;
+- the *autograd step*, the least an autograd step of the update does: the
+  forward by hand (no modules), the project's rule objectives, ``backward``
+  and the same SGD.
+
+Between them they show how much of the step's time is PyTorch's eager
+execution at this size, how much autograd and how much the toolkit's
+machinery (model, rules' bookkeeping, trainer). Tests hold both to the
+trainer's update.
+
+All four are timed in one process on one thread, interleaved, and compared
 by their medians. The last line printed is ``ratio: X.XX`` (step / floor).
 
 Usage::
@@ -41,6 +50,7 @@ import torch.nn.functional as F
 from tourbillon.config import resolve
 from tourbillon.data import Dataset
 from tourbillon.optim import make_optimizer
+from tourbillon.rules import decoder_objective, encoder_objective
 from tourbillon.train import Trainer
 
 B, D, H = 64, 784, 256
@@ -93,6 +103,17 @@ def make_floor(batch: int = B) -> Callable[[], None]:
     return floor
 
 
+def _copied_params(trainer: Trainer
+                   ) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+    """Copies of block 0's encoder (A, a) and decoder (W, w) weights of
+    ``trainer``, with an optimizer of its config over them."""
+    block = trainer.model.blocks[0]
+    layers = (block.encoder[0], block.decoder[0])
+    params = [t.detach().clone().requires_grad_()
+              for layer in layers for t in (layer.weight, layer.bias)]
+    return params, make_optimizer(params, trainer.config)
+
+
 def make_bare_step(trainer: Trainer, x0: torch.Tensor
                    ) -> tuple[Callable[[], None], list[torch.Tensor]]:
     """The authors' update of block 0 by hand, on copies of ``trainer``'s
@@ -100,14 +121,10 @@ def make_bare_step(trainer: Trainer, x0: torch.Tensor
 
     Returns the step and its parameters ``[A, a, W, w]``.
     """
-    block = trainer.model.blocks[0]
-    layers = (block.encoder[0], block.decoder[0])
-    params = [t.detach().clone().requires_grad_()
-              for layer in layers for t in (layer.weight, layer.bias)]
+    params, optimizer = _copied_params(trainer)
     A, a, W, w = params
     for p in params:
         p.grad = torch.zeros_like(p)
-    optimizer = make_optimizer(params, trainer.config)
 
     def bare() -> None:
         with torch.no_grad():
@@ -124,6 +141,34 @@ def make_bare_step(trainer: Trainer, x0: torch.Tensor
         optimizer.step()
 
     return bare, params
+
+
+def make_autograd_step(trainer: Trainer, x0: torch.Tensor
+                       ) -> tuple[Callable[[], None], list[torch.Tensor]]:
+    """The least an autograd step of the same update does, on copies of
+    ``trainer``'s weights: the forward by hand (no modules; the second
+    encoder pass, whose graph the rule never uses, without one), the
+    project's rule objectives, ``backward`` and the optimizer.
+
+    Returns the step and its parameters ``[A, a, W, w]``.
+    """
+    params, optimizer = _copied_params(trainer)
+    A, a, W, w = params
+    config = trainer.config
+
+    def autograd() -> None:
+        h0 = torch.tanh(F.linear(x0, A, a))
+        x1 = F.linear(h0.detach(), W, w)  # identity decoder
+        with torch.no_grad():
+            h1 = torch.tanh(F.linear(x1, A, a))
+        out = {"enc_output": h1, "enc_target": h0.detach(), "enc_presyn": h0,
+               "dec_output": x1, "dec_target": x0}
+        loss = encoder_objective(out, config) + decoder_objective(out, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return autograd, params
 
 
 def time_interleaved(fns: dict[str, Callable[[], None]], reps: int,
@@ -165,20 +210,25 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     trainer = make_trainer(args.batch)
-    bare, _ = make_bare_step(trainer, trainer.data.x_train[:args.batch])
+    x0 = trainer.data.x_train[:args.batch]
+    bare, _ = make_bare_step(trainer, x0)
+    autograd, _ = make_autograd_step(trainer, x0)
     step, floor = make_step(trainer), make_floor(args.batch)
     if args.profile:
         profile_step(step)
-    times = time_interleaved({"step": step, "floor": floor, "bare": bare},
-                             reps, warmup)
-    step_s, floor_s, bare_s = (statistics.median(times[k])
-                               for k in ("step", "floor", "bare"))
+    fns = {"step": step, "floor": floor, "bare": bare, "autograd": autograd}
+    medians = {name: statistics.median(t)
+               for name, t in time_interleaved(fns, reps, warmup).items()}
+    step_s, floor_s = medians["step"], medians["floor"]
     print(f"repetitions: {reps}, threads: {torch.get_num_threads()}")
-    print(f"step:  {step_s * 1e3:.3f} ms (median Trainer.train_step, authors, "
+    print(f"step:     {step_s * 1e3:.3f} ms (median Trainer.train_step, authors, "
           f"{D}-{H}, batch {args.batch})")
-    print(f"bare:  {bare_s * 1e3:.3f} ms (the same update by hand, "
-          f"{bare_s / floor_s:.2f}x the floor)")
-    print(f"floor: {floor_s * 1e3:.3f} ms (median of its 5 bare matmuls)")
+    for name, what in (("autograd", "the same update through autograd, no model "
+                        "or trainer"),
+                       ("bare", "the same update by hand")):
+        print(f"{name + ':':9s} {medians[name] * 1e3:.3f} ms ({what}, "
+              f"{medians[name] / floor_s:.2f}x the floor)")
+    print(f"floor:    {floor_s * 1e3:.3f} ms (median of its 5 bare matmuls)")
     print(f"ratio: {step_s / floor_s:.2f}")
 
 

@@ -545,17 +545,18 @@ def test_random_feedback_rejects_other_layers() -> None:
 # -- the benchmark script ----------------------------------------------------------
 
 
-def test_benchmark_bare_step_is_the_trainers_update() -> None:
+@pytest.mark.parametrize("maker", ["make_bare_step", "make_autograd_step"])
+def test_benchmark_reference_steps_are_the_trainers_update(maker: str) -> None:
     spec = importlib.util.spec_from_file_location(
         "train_step_benchmark", REPO / "benchmarks" / "train_step.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     trainer = bench.make_trainer()
-    bare, params = bench.make_bare_step(trainer, trainer.data.x_train[:bench.B])
+    other, params = getattr(bench, maker)(trainer, trainer.data.x_train[:bench.B])
     step = bench.make_step(trainer)
     for _ in range(3):  # momentum and lr decay in play
         step()
-        bare()
+        other()
     block = trainer.model.blocks[0]
     trained = [block.encoder[0].weight, block.encoder[0].bias,
                block.decoder[0].weight, block.decoder[0].bias]
