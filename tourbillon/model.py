@@ -317,8 +317,8 @@ class Tourbillon(nn.Module):
         top = len(self.blocks) - 1 if upto is None else upto
         out: dict[str, Tensor] = {}
         code = x
-        for k, block in enumerate(self.blocks[: top + 1]):
-            result = block(code)
+        for k in range(top + 1):  # (slicing a ModuleList builds a new module)
+            result = self.blocks[k](code)
             for key, value in result.items():
                 out[f"{key}_{k}"] = value
             code = result["code"]
