@@ -21,7 +21,8 @@ from tourbillon.config import VARIANTS, Config
 from tourbillon.model import Tourbillon
 from tourbillon import optim
 from tourbillon.optim import AveragedMomentumSGD, make_optimizer
-from tourbillon.rules import decoder_objective, encoder_objective, feedback_objective
+from tourbillon.rules import (LayerGradient, decoder_objective, encoder_objective,
+                              feedback_objective, rule_gradients)
 
 ATOL = 1e-10  # float64 agreement of updates with the hand formulas
 
@@ -358,6 +359,72 @@ def test_authors_variant_rule_is_the_published_update() -> None:
     torch.testing.assert_close(-got_b, (x - x1).T @ h0 / B, atol=ATOL, rtol=0)
 
 
+# -- the explicit form of the rules ------------------------------------------------------
+
+# Every linear point of CONFIGS whose rules stay inside their block, which is
+# what update='explicit' asks of a config.
+EXPLICIT_CONFIGS = {
+    name: config.replace(input_graph="detach")
+    for name, config in CONFIGS.items()
+    if config.arch == "linear" and config.code_graph == "detach"
+}
+
+
+def assert_products_are_the_objectives_gradients(config: Config, model: Tourbillon,
+                                                 x: Tensor) -> None:
+    """``rule_gradients`` of every block against autograd on the objectives."""
+    out = model(x)
+    for k, block in enumerate(model.blocks):
+        products = rule_gradients(model, out, config, [k])
+        rules = [(encoder_objective(out, config, f"_{k}"), block.encoder[0]),
+                 (decoder_objective(out, config, f"_{k}"), block.decoder[0])]
+        rules = [(objective, layer) for objective, layer in rules
+                 if objective.requires_grad]
+        assert [g.layer for g in products] == [layer for _, layer in rules]
+        for g, (objective, layer) in zip(products, rules):
+            want_w, want_b = weight_grads(objective, layer)
+            torch.testing.assert_close(g.weight_grad(), want_w, atol=ATOL, rtol=0)
+            torch.testing.assert_close(g.bias_grad(), want_b, atol=ATOL, rtol=0)
+            torch.testing.assert_close(g.objective, objective.detach(), atol=ATOL,
+                                       rtol=0)
+
+
+@pytest.mark.parametrize("config", EXPLICIT_CONFIGS.values(),
+                         ids=EXPLICIT_CONFIGS.keys())
+def test_explicit_rules_are_the_objectives_gradients(config: Config) -> None:
+    torch.manual_seed(0)
+    assert_products_are_the_objectives_gradients(config, *make_model(config))
+
+
+@pytest.mark.parametrize("rule", ["autograd", "authors"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("activation", ACTS)
+def test_explicit_rules_for_every_activation(activation: str, reduction: str,
+                                             rule: str) -> None:
+    config = rule_model(activation, reduction, circulations=3, encoder_target=2,
+                        encoder_output=1, encoder_rule=rule, decoder_target="input",
+                        decoder_output=2, regression=0.3, input_graph="detach")
+    torch.manual_seed(1)
+    model, x = make_model(config)
+    if activation == "relu":  # some units on, some off
+        model.blocks[0].encoder[0].bias.data.uniform_(-0.5, 0.5)
+    assert_products_are_the_objectives_gradients(config, model, x)
+
+
+def test_explicit_rules_stop_where_the_rule_says_none() -> None:
+    config = Config(sizes=(7, 5), classes=0, encoder_rule="none", input_graph="detach")
+    model, x = make_model(config)
+    (only,) = rule_gradients(model, model(x), config, [0])
+    assert only.layer is model.blocks[0].decoder[0]
+
+
+def test_explicit_rules_reject_conv_layers() -> None:
+    config = Config(**CONV, input_graph="detach")
+    model, x = make_model(config)
+    with pytest.raises(TypeError, match="linear layers, not Conv2d"):
+        rule_gradients(model, model(x), config, [0])
+
+
 # -- direct feedback alignment ---------------------------------------------------------
 
 
@@ -470,3 +537,46 @@ def test_make_optimizer_uses_the_authors_decay() -> None:
     adam = make_optimizer([torch.zeros(1, requires_grad=True)],
                           config.replace(optimizer="adam", lr_decay=False))
     assert isinstance(adam, torch.optim.Adam)
+
+
+def test_step_products_is_the_step_from_gradients() -> None:
+    # Momentum and decay in play; one step updates one layer only, and a step
+    # without products must not advance the lr schedule.
+    g = torch.Generator().manual_seed(3)
+    layers = [nn.Linear(4, 3).double(), nn.Linear(3, 5).double()]
+    twins = [nn.Linear(4, 3).double(), nn.Linear(3, 5).double()]
+    for layer, twin in zip(layers, twins):
+        twin.load_state_dict(layer.state_dict())
+    params = lambda pair: [p for layer in pair for p in layer.parameters()]  # noqa: E731
+    by_products = AveragedMomentumSGD(params(layers), lr=0.2, momentum=0.7, decay=0.1)
+    by_grads = AveragedMomentumSGD(params(twins), lr=0.2, momentum=0.7, decay=0.1)
+    for active in ([0, 1], [0], [], [0, 1], [1]):
+        products = []
+        by_grads.zero_grad(set_to_none=True)
+        for i in active:
+            layer, twin = layers[i], twins[i]
+            delta = torch.randn(6, layer.out_features, generator=g, dtype=torch.float64)
+            presyn = torch.randn(6, layer.in_features, generator=g, dtype=torch.float64)
+            product = LayerGradient(layer, delta, presyn, 0.25, delta.new_zeros(()))
+            products.append(product)
+            twin.weight.grad, twin.bias.grad = product.weight_grad(), product.bias_grad()
+        by_products.step_products(products)
+        by_grads.step()
+        for p, q in zip(params(layers), params(twins)):
+            torch.testing.assert_close(p.detach(), q.detach(), atol=1e-12, rtol=0)
+    (group,), (twin_group,) = by_products.param_groups, by_grads.param_groups
+    assert group["step"] == twin_group["step"] == 4
+    assert group["lr"] == twin_group["lr"]
+
+
+def test_step_products_refuses_a_layer_twice_or_a_foreign_one() -> None:
+    layer = nn.Linear(3, 2)
+    optimizer = AveragedMomentumSGD(layer.parameters(), lr=0.1)
+    product = LayerGradient(layer, torch.ones(4, 2), torch.ones(4, 3), 1.0,
+                            torch.zeros(()))
+    with pytest.raises(ValueError, match="at most once"):
+        optimizer.step_products([product, product])
+    stranger = LayerGradient(nn.Linear(3, 2), torch.ones(4, 2), torch.ones(4, 3), 1.0,
+                             torch.zeros(()))
+    with pytest.raises(ValueError, match="not in this optimizer"):
+        optimizer.step_products([stranger])

@@ -8,8 +8,11 @@ model per variant.
 
 Every block returns the original output protocol (``enc_target``,
 ``enc_output``, ``dec_target``, ``dec_output``) plus ``code``, the code passed
-up (with its graph to this block's encoder), and, for the authors' encoder
-rule, ``enc_presyn``: the target circulation's code with its graph.
+up (with its graph to this block's encoder), for the authors' encoder rule
+``enc_presyn``: the target circulation's code with its graph, and the rules'
+detached presynaptic inputs: ``enc_input``, the visible state the encoder
+rule's circulation encodes (the target's for the authors' rule, the
+output's otherwise), and ``dec_input``, the code decoded at ``decoder_output``.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class CircularBlock(nn.Module):
         self._last = max(c.encoder_target, c.encoder_output, c.decoder_output,
                          dec_target, c.feed_from)
         self._decoded = {c.decoder_output, dec_target}
+        self._encoder_rule_at = (c.encoder_target if c.encoder_rule == "authors"
+                                 else c.encoder_output)
 
     def forward(self, x: Tensor, keep_all: bool = False) -> dict[str, Tensor]:
         """Walk the loop from ``x``.
@@ -122,7 +127,8 @@ class CircularBlock(nn.Module):
                 ``reconstructions`` (lists, one entry per circulation).
 
         Returns:
-            The protocol tensors, ``code`` and (authors' rule) ``enc_presyn``.
+            The protocol tensors, ``code``, ``enc_input``, ``dec_input`` and
+            (authors' rule) ``enc_presyn``.
         """
         self._check_input(x)
         c = self.config
@@ -134,6 +140,8 @@ class CircularBlock(nn.Module):
         for i in range(last + 1):
             # Encoder half: the code of the visible state.
             code = self.encoder(visible)
+            if i == self._encoder_rule_at:
+                out["enc_input"] = visible.detach()
             if i == c.encoder_output:
                 out["enc_output"] = code
             if i == c.feed_from:
@@ -150,6 +158,7 @@ class CircularBlock(nn.Module):
             code_in = code if c.code_graph == "keep" else code.detach()
             reconstruction = self.decoder(code_in)
             if i == c.decoder_output:
+                out["dec_input"] = code_in.detach()
                 out["dec_output"] = reconstruction
             if i == c.decoder_target:
                 out["dec_target"] = reconstruction.detach()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .config import Config
+
+if TYPE_CHECKING:
+    from .rules import LayerGradient
 
 
 class AveragedMomentumSGD(torch.optim.SGD):
@@ -23,6 +27,10 @@ class AveragedMomentumSGD(torch.optim.SGD):
     update runs in torch's fused kernel where the device has one. The group
     keeps ``lr0``, ``decay`` and ``step``, so they are saved with the state;
     its ``lr`` is the rate of the latest step.
+
+    :meth:`step_products` takes the gradients as products instead of from
+    ``.grad`` and folds each weight's product into its momentum in one matrix
+    multiply.
 
     Args:
         params: parameters to update.
@@ -63,6 +71,58 @@ class AveragedMomentumSGD(torch.optim.SGD):
         super().step()
         for group in stepped:
             group["step"] += 1
+
+    @torch.no_grad()
+    def step_products(self, gradients: Sequence["LayerGradient"]) -> None:
+        """The same step, with the gradients of linear layers given as products.
+
+        ``m = momentum * m + (1 - momentum) * scale * delta.T @ presyn`` runs as
+        one ``addmm`` into the buffer, so no gradient tensor is made. Parameters
+        without a product are not updated; a group with none keeps its step
+        count, as in :meth:`step`. Every layer may appear once.
+        """
+        groups = {id(p): group for group in self.param_groups for p in group["params"]}
+        rates: dict[int, float] = {}  # id(group) -> this step's lr
+        seen: set[int] = set()
+        for g in gradients:
+            layer = g.layer
+            for p, presyn in ((layer.weight, g.presyn), (layer.bias, None)):
+                if p is None:
+                    continue
+                if id(p) in seen:
+                    raise ValueError("step_products takes each layer at most once")
+                seen.add(id(p))
+                group = groups.get(id(p))
+                if group is None:
+                    raise ValueError("a layer's parameters are not in this optimizer")
+                if id(group) not in rates:
+                    if group["nesterov"] or group["weight_decay"] or group["maximize"]:
+                        raise ValueError("step_products covers the authors' SGD only")
+                    group["lr"] = group["lr0"] / (1.0 + group["decay"] * group["step"])
+                    rates[id(group)] = group["lr"]
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                m = state["momentum_buffer"]
+                beta = group["momentum"]
+                alpha = (1 - beta) * g.scale
+                if presyn is not None:
+                    torch.addmm(m, g.delta.t(), presyn, beta=beta, alpha=alpha, out=m)
+                else:  # the bias: the delta's column sums
+                    torch.addmv(m, g.delta.t(), self._ones(g.delta), beta=beta,
+                                alpha=alpha, out=m)
+                p.add_(m, alpha=-rates[id(group)])  # while the buffer is in cache
+        for group in self.param_groups:
+            if id(group) in rates:
+                group["step"] += 1
+
+    def _ones(self, delta: Tensor) -> Tensor:
+        """A vector of ones over ``delta``'s batch (kept between steps)."""
+        ones = getattr(self, "_batch_ones", None)
+        if (ones is None or ones.shape[0] != delta.shape[0]
+                or ones.dtype != delta.dtype or ones.device != delta.device):
+            ones = self._batch_ones = delta.new_ones(delta.shape[0])
+        return ones
 
 
 def fused_available(optimizer: type[torch.optim.Optimizer],

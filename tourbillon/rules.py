@@ -1,8 +1,14 @@
-"""Local learning rules as autograd objectives.
+"""Local learning rules, as autograd objectives and as explicit updates.
 
 Each objective's gradient is exactly the rule's weight update (with the sign
 of a gradient): targets and presynaptic inputs are detached, so no gradient
 leaves the block or reaches a circulation the rule does not name.
+
+:func:`rule_gradients` gives the same updates of linear blocks without
+autograd, as the authors' code computes them: per layer, the error at the
+pre-activation (``delta``) and the presynaptic activity, whose product is the
+weight's gradient. The trainer uses it under ``update='explicit'``; tests hold
+it to the objectives' gradients.
 
 With ``loss_reduction='sum'`` the objective is half the squared error summed
 over units and averaged over the batch, so ``-grad W`` equals
@@ -12,11 +18,14 @@ delta rule as the authors write it. With ``mean`` it is PyTorch's MSE.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import Config
+from .model import decoder_activation_for
 
 
 def squared_error(output: Tensor, target: Tensor, reduction: str) -> Tensor:
@@ -25,9 +34,8 @@ def squared_error(output: Tensor, target: Tensor, reduction: str) -> Tensor:
     Args:
         output, target: same shape, batch first.
     """
-    if reduction == "mean":
-        return F.mse_loss(output, target)
-    return F.mse_loss(output, target, reduction="sum") * (0.5 / output.shape[0])
+    error = output - target
+    return _weighted_error(error, error, 0.5 * _error_scale(output, reduction))
 
 
 def _error_scale(output: Tensor, reduction: str) -> float:
@@ -35,6 +43,11 @@ def _error_scale(output: Tensor, reduction: str) -> float:
     if reduction == "mean":
         return 2.0 / output.numel()
     return 1.0 / output.shape[0]
+
+
+def _weighted_error(error: Tensor, weight: Tensor, scale: float) -> Tensor:
+    """``scale * sum(error * weight)``: every rule's objective has this form."""
+    return torch.dot(error.flatten(), weight.flatten()) * scale
 
 
 def encoder_objective(out: dict[str, Tensor], config: Config,
@@ -50,9 +63,9 @@ def encoder_objective(out: dict[str, Tensor], config: Config,
         return output.new_zeros(())
     if config.encoder_rule == "autograd":
         return squared_error(output, target, config.loss_reduction)
-    error = (output.detach() - target).flatten()  # h_o - h_t
-    presyn = out[f"enc_presyn{suffix}"].flatten()  # h_t with its graph
-    return torch.dot(error, presyn) * _error_scale(output, config.loss_reduction)
+    error = output.detach() - target  # h_o - h_t
+    presyn = out[f"enc_presyn{suffix}"]  # h_t with its graph
+    return _weighted_error(error, presyn, _error_scale(output, config.loss_reduction))
 
 
 def decoder_objective(out: dict[str, Tensor], config: Config,
@@ -96,3 +109,104 @@ def feedback_objective(model: torch.nn.Module, out: dict[str, Tensor],
         error = (delta @ matrix).view_as(code)  # (B, *code shape)
         total = total + (error * code).sum()
     return total
+
+
+# -- the same rules as explicit updates -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LayerGradient:
+    """One rule's update of a linear layer, as a product: the weight's
+    gradient is ``scale * delta.T @ presyn`` and the bias's
+    ``scale * delta.sum(0)``.
+
+    Attributes:
+        layer: the ``nn.Linear`` the rule updates.
+        delta: ``(B, out_features)``, the error at the layer's pre-activation
+            (``(output - target) * f'``).
+        presyn: ``(B, in_features)``, the layer's (detached) input.
+        scale: the objective's derivative per unit of error (1/B for summed
+            errors, 2/numel for MSE).
+        objective: the rule's objective, the value the autograd form
+            minimises (0-dim).
+    """
+
+    layer: nn.Linear
+    delta: Tensor
+    presyn: Tensor
+    scale: float
+    objective: Tensor
+
+    def weight_grad(self) -> Tensor:
+        return torch.mm(self.delta.t(), self.presyn).mul_(self.scale)
+
+    def bias_grad(self) -> Tensor:
+        return self.delta.sum(0).mul_(self.scale)
+
+
+def times_slope(name: str, error: Tensor, y: Tensor) -> Tensor:
+    """``error * f'`` for the activation ``name``, with f' read from its output
+    ``y = f(z)``; ``error`` is overwritten where that saves a pass."""
+    if name == "tanh":  # f' = 1 - y^2
+        return torch.addcmul(error, error * y, y, value=-1)
+    if name == "sigmoid":  # f' = y (1 - y)
+        return error.mul_(y).mul_(1 - y)
+    if name == "relu":
+        return error.mul_(y > 0)
+    if name == "identity":
+        return error
+    raise ValueError(f"no slope for activation {name!r}")
+
+
+def _layer_gradient(layer: nn.Linear, output: Tensor, target: Tensor,
+                    presyn: Tensor, activation: str, reduction: str,
+                    authors: bool = False) -> LayerGradient:
+    """The update pulling ``output`` toward ``target``: the squared error's, or
+    with ``authors`` the surrogate's, with f' at the target."""
+    error = output - target
+    scale = _error_scale(output, reduction)
+    if authors:
+        objective = _weighted_error(error, target, scale)
+    else:
+        objective = _weighted_error(error, error, 0.5 * scale)
+    delta = times_slope(activation, error, target if authors else output)
+    return LayerGradient(layer, delta, presyn, scale, objective)
+
+
+def rule_gradients(model: nn.Module, out: dict[str, Tensor], config: Config,
+                   blocks: list[int]) -> list[LayerGradient]:
+    """The encoder and decoder rules of each block in ``blocks``, as products.
+
+    ``model`` is a linear :class:`~tourbillon.model.Tourbillon` and ``out``
+    its forward's result. The gradients and objectives equal those of
+    :func:`encoder_objective` and :func:`decoder_objective` when no graph
+    leaves a block (``code_graph`` and, above block 0, ``input_graph`` set to
+    ``detach``), which ``Config`` checks for ``update='explicit'``.
+    """
+    c = config
+    result = []
+    with torch.no_grad():
+        for k in blocks:
+            s = f"_{k}"
+            block = model.blocks[k]
+            if c.encoder_rule != "none":
+                result.append(_layer_gradient(
+                    _linear(block.encoder), out[f"enc_output{s}"],
+                    out[f"enc_target{s}"], out[f"enc_input{s}"],
+                    c.encoder_activation, c.loss_reduction,
+                    authors=c.encoder_rule == "authors"))
+            if c.decoder_rule != "none":
+                result.append(_layer_gradient(
+                    _linear(block.decoder), out[f"dec_output{s}"],
+                    out[f"dec_target{s}"], out[f"dec_input{s}"],
+                    decoder_activation_for(c, k), c.loss_reduction))
+    return result
+
+
+def _linear(half: nn.Module) -> nn.Linear:
+    """The ``nn.Linear`` of a block's encoder or decoder."""
+    layer = half[0]
+    layer = getattr(layer, "layer", layer)  # unwrap RandomFeedback
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"explicit updates cover linear layers, not {type(layer).__name__}")
+    return layer
