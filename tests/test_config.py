@@ -102,6 +102,22 @@ INVALID: dict[str, tuple[dict[str, Any], list[str]]] = {
     "head_graph-keep-after": (
         {"head_graph": "keep", "head": "after"}, ["head_graph='keep'", "head='joint'"]),
     "name-not-text": ({"name": 3}, ["name", "string"]),
+    "update-explicit-conv": (
+        {**CONV, "update": "explicit", "optimizer": "sgd", "head": "after",
+         "input_graph": "detach"}, ["update='explicit'", "arch='linear'"]),
+    "update-explicit-adam": (
+        {"update": "explicit", "head": "after", "input_graph": "detach"},
+        ["update='explicit'", "optimizer='sgd'", "'auto' or 'autograd'"]),
+    "update-explicit-code-graph": (
+        {"update": "explicit", "optimizer": "sgd", "head": "after",
+         "input_graph": "detach", "code_graph": "keep"},
+        ["update='explicit'", "code_graph='detach'"]),
+    "update-explicit-input-graph": (
+        {"update": "explicit", "optimizer": "sgd", "head": "after"},
+        ["update='explicit'", "input_graph='detach'"]),
+    "update-explicit-joint-head": (
+        {"update": "explicit", "optimizer": "sgd", "input_graph": "detach"},
+        ["update='explicit'", "head='after' or classes=0"]),
 }
 
 
@@ -123,6 +139,25 @@ def test_valid_edge_values_are_accepted() -> None:
     assert c.circulations == 3
     assert Config(decoder_target="1").decoder_target == 1
     assert Config(batch_size=64.0).batch_size == 64
+
+
+@pytest.mark.parametrize("name, explicit", [
+    ("authors", True), ("tuned", True), ("hinton88", True), ("reference", False),
+    ("feedback", False), ("bp", False)])
+def test_auto_update_is_explicit_where_the_variant_allows(name: str,
+                                                          explicit: bool) -> None:
+    config = resolve(name)
+    assert config.update == "auto"
+    assert config.explicit_update is explicit
+    assert (not config.explicit_update_needs()) is explicit
+    assert resolve(name, {"update": "autograd"}).explicit_update is False
+
+
+def test_one_block_may_keep_its_input_graph_under_explicit() -> None:
+    # nothing lies below block 0, so input_graph cannot leak there
+    config = Config(sizes=(784, 32), optimizer="sgd", head="after", input_graph="keep",
+                    update="explicit")
+    assert config.explicit_update
 
 
 # -- unknown fields ------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tourbillon import CheckpointError, DataError, resolve
+from tourbillon import CheckpointError, ConfigError, DataError, resolve
 from tourbillon.config import VARIANTS
 from tourbillon.data import load_dataset
 from tourbillon.train import Callback, Trainer, read_checkpoint, read_metrics
@@ -196,3 +196,72 @@ def test_conv_authors_rule_learns_to_reconstruct(small_images):
     start = trainer.evaluate(probes=False)["test_recon_mse"]
     history = trainer.fit()
     assert history[-1]["test_recon_mse"] < 0.5 * start
+
+
+# -- update='explicit' -------------------------------------------------------------
+
+
+class GradientLog(Callback):
+    """Keeps a copy of every parameter's ``.grad`` at each ``after_backward``."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, torch.Tensor | None]] = []
+
+    def after_backward(self, trainer, out, batch):
+        self.steps.append({n: None if p.grad is None else p.grad.clone()
+                           for n, p in trainer.model.named_parameters()})
+
+
+def _block_weights(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()
+            if n.startswith("blocks.")}
+
+
+@pytest.mark.parametrize("schedule", ["joint", "sequential", "asynchronous"])
+def test_explicit_update_trains_as_autograd_does(small, schedule):
+    fields = {"sizes": [784, 32, 16], "epochs": 2, "schedule": schedule,
+              "head_epochs": 1}
+    runs = {}
+    for update in ("explicit", "autograd"):
+        config = resolve("authors", {**fields, "update": update})
+        runs[update] = _fit(config, small, probe_epochs=0)
+    (explicit, got), (autograd, want) = runs["explicit"], runs["autograd"]
+    assert explicit.explicit and not autograd.explicit
+    # float32, the same update in another order of operations: rounding only
+    for name, weight in _block_weights(autograd).items():
+        torch.testing.assert_close(_block_weights(explicit)[name], weight,
+                                   rtol=1e-4, atol=1e-6, msg=name)
+    for a, b in zip(got, want):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def test_callbacks_see_the_gradients_and_change_no_number(small):
+    config = resolve("authors", {"sizes": [784, 32], "epochs": 1, "head_epochs": 1})
+    logs = {update: GradientLog() for update in ("explicit", "autograd")}
+    trainers = {update: _fit(config.replace(update=update), small, probe_epochs=0,
+                             callbacks=[log])[0] for update, log in logs.items()}
+    alone, _ = _fit(config.replace(update="explicit"), small, probe_epochs=0)
+
+    # A callback does not change the explicit trainer's numbers, bit for bit.
+    for name, weight in _block_weights(alone).items():
+        assert torch.equal(_block_weights(trainers["explicit"])[name], weight), name
+    # It reads the same gradients as under autograd, None where a rule is absent.
+    first = {update: log.steps[0] for update, log in logs.items()}
+    assert len(logs["explicit"].steps) == len(logs["autograd"].steps) == 3
+    for name, grad in first["autograd"].items():
+        other = first["explicit"][name]
+        if grad is None:
+            assert other is None, name
+        else:
+            torch.testing.assert_close(other, grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_explicit_update_needs_the_trainers_own_objective(small):
+    class Custom(Trainer):
+        def objective(self, x, y, active):
+            return super().objective(x, y, active)
+
+    with pytest.raises(ConfigError, match="update='autograd'"):
+        Custom(resolve("authors", {"update": "explicit"}), small, probe_epochs=0)
+    assert not Custom(resolve("authors"), small, probe_epochs=0).explicit
+    assert Trainer(resolve("authors"), small, probe_epochs=0).explicit

@@ -27,6 +27,7 @@ SCHEDULES = ("joint", "sequential", "asynchronous")
 HEADS = ("joint", "after")
 FEEDBACKS = ("none", "random")
 OPTIMIZERS = ("adam", "sgd")
+UPDATES = ("auto", "autograd", "explicit")
 ARCHS = ("linear", "conv")
 
 Pair = tuple[int, int]
@@ -101,6 +102,12 @@ class Config:
             average ``m = momentum * m + (1 - momentum) * g`` and, with
             ``lr_decay``, ``lr_t = lr / (1 + (lr / epochs) * t)``, t counted
             in minibatches).
+        update: how the trainer computes the rules' updates: ``autograd``
+            (backward through the objectives of ``tourbillon.rules``),
+            ``explicit`` (each layer's error times its presynaptic input,
+            written into the SGD momentum without autograd, as the authors'
+            code does; the same update, faster) or ``auto`` (``explicit``
+            where the variant allows it, see :meth:`explicit_update_needs`).
         lr, momentum, lr_decay, batch_size, epochs, seed: the recipe.
         dataset: data set name (see ``tourbillon.data.DATASETS``).
     """
@@ -135,6 +142,7 @@ class Config:
     head_epochs: int = 30
     feedback: str = "none"
     optimizer: str = "adam"
+    update: str = "auto"
     lr: float = 1e-3
     momentum: float = 0.8
     lr_decay: bool = False
@@ -155,6 +163,34 @@ class Config:
         """Number of circular autoencoders in the stack."""
         widths = self.sizes if self.arch == "linear" else self.channels
         return len(widths) - 1
+
+    @property
+    def explicit_update(self) -> bool:
+        """Whether the trainer computes this variant's updates explicitly."""
+        return self.update == "explicit" or (
+            self.update == "auto" and not self.explicit_update_needs())
+
+    def explicit_update_needs(self) -> list[str]:
+        """What this config lacks for ``update='explicit'`` (empty: nothing).
+
+        The explicit update covers linear blocks whose rules stay inside the
+        block, trained by the authors' SGD, with no head trained jointly.
+        """
+        needs = []
+        if self.arch != "linear":
+            needs.append("arch='linear' (conv layers go through autograd)")
+        if self.optimizer != "sgd":
+            needs.append("optimizer='sgd' (the authors' SGD takes the products)")
+        if self.code_graph != "detach":
+            needs.append("code_graph='detach' (with 'keep' the decoder's error "
+                         "trains the encoder by backprop)")
+        if self.input_graph != "detach" and self.num_blocks > 1:
+            needs.append("input_graph='detach' (with 'keep' a rule can reach the "
+                         "block below)")
+        if self.head == "joint" and self.classes > 0:
+            needs.append("head='after' or classes=0 (a joint head trains by "
+                         "cross-entropy through autograd)")
+        return needs
 
     def per_block(self, name: str) -> list[Pair]:
         """Conv geometry field ``name`` expanded to one ``(h, w)`` pair per block."""
@@ -212,6 +248,7 @@ _CHOICES = {
     "head": HEADS,
     "feedback": FEEDBACKS,
     "optimizer": OPTIMIZERS,
+    "update": UPDATES,
 }
 _INTS = (
     "classes", "circulations", "encoder_target", "encoder_output", "decoder_output",
@@ -299,6 +336,10 @@ def _validate(c: Config) -> None:
     _validate_architecture(c)
     _validate_rule(c)
     _validate_recipe(c)
+    if c.update == "explicit" and c.explicit_update_needs():
+        raise ConfigError(
+            "update='explicit' needs " + "; ".join(c.explicit_update_needs())
+            + ". Use update='auto' or 'autograd'")
 
 
 def _validate_architecture(c: Config) -> None:

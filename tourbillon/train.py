@@ -39,7 +39,8 @@ from .errors import CheckpointError, ConfigError, DataError
 from .model import Tourbillon
 from .optim import make_optimizer
 from .probe import PROBE_EPOCHS, accuracy, fit_linear, probe_accuracy
-from .rules import decoder_objective, drift, encoder_objective, feedback_objective
+from .rules import (decoder_objective, drift, encoder_objective, feedback_objective,
+                    rule_gradients)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,13 @@ class Callback:
 
     ``trainer`` gives access to ``model``, ``optimizer``, ``step``, ``epoch``,
     ``config`` and ``loss`` (the step's objective, detached); ``out`` is the
-    model's output dict for the minibatch.
+    model's output dict for the minibatch. In ``after_backward`` the
+    parameters' ``.grad`` hold the step's gradients under either update: with
+    ``update='explicit'`` and callbacks present, the trainer writes them from
+    the rules' products for callbacks to read (and runs the forward with
+    autograd on, so forward hooks see a training forward); the optimizer
+    still steps from the products, so callbacks do not change the numbers,
+    and a callback that edits ``.grad`` has no effect on the update.
     """
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
@@ -111,6 +118,7 @@ class Trainer:
         self.num_blocks = self.count_blocks()
         self._check_data()
         self.optimizer = make_optimizer(self.model.parameters(), config)
+        self.explicit = self._explicit_update()
         self.epoch = 0
         self.step = 0
         self.head_trained = config.head == "joint" or not self.has_head
@@ -127,6 +135,18 @@ class Trainer:
     def count_blocks(self) -> int:
         """Number of circular autoencoders in ``self.model``."""
         return len(self.model.blocks)
+
+    def _explicit_update(self) -> bool:
+        """Whether steps use the rules' explicit products (``config.update``)."""
+        if not self.config.explicit_update:
+            return False
+        if type(self.model) is not Tourbillon or type(self).objective is not Trainer.objective:
+            if self.config.update == "explicit":
+                raise ConfigError(
+                    "update='explicit' covers the trainer's own Tourbillon model; "
+                    "use update='autograd' for this one")
+            return False
+        return True
 
     @property
     def has_head(self) -> bool:
@@ -238,6 +258,8 @@ class Trainer:
     def train_step(self, x: Tensor, y: Tensor,
                    active: list[int]) -> tuple[Tensor, dict]:
         """One minibatch: forward, local objectives (+ head), backward, update."""
+        if self.explicit:
+            return self._explicit_step(x, y, active)
         out, loss = self.objective(x, y, active)
         self.loss = loss.detach()  # the step's objective, for callbacks
         self.optimizer.zero_grad(set_to_none=True)
@@ -251,13 +273,45 @@ class Trainer:
             cb.after_step(self)
         return loss, out
 
+    def _explicit_step(self, x: Tensor, y: Tensor,
+                       active: list[int]) -> tuple[Tensor, dict]:
+        """``train_step`` without autograd: the rules' products step the SGD.
+
+        The loss is the sum of the rules' objectives, as under autograd.
+        """
+        recorded = bool(self.callbacks)
+        with torch.set_grad_enabled(recorded):
+            out = self.model(x, upto=self._forward_upto(active))
+        gradients = rule_gradients(self.model, out, self.config, active)
+        objectives = [g.objective for g in gradients]
+        self.loss = (sum(objectives[1:], objectives[0]) if objectives
+                     else x.new_zeros(()))
+        if recorded:  # the callbacks read the gradients; the step does not
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for g in gradients:
+                    g.layer.weight.grad = g.weight_grad()
+                    if g.layer.bias is not None:
+                        g.layer.bias.grad = g.bias_grad()
+            for cb in self.callbacks:
+                cb.after_backward(self, out, (x, y))
+        self.optimizer.step_products(gradients)
+        self.step += 1
+        for cb in self.callbacks:
+            cb.after_step(self)
+        return self.loss, out
+
+    def _forward_upto(self, active: list[int]) -> int | None:
+        """The top block the step's forward needs (None: the whole model)."""
+        head_now = self.config.head == "joint" and self.has_head
+        return None if head_now or not active else max(active)
+
     def objective(self, x: Tensor, y: Tensor, active: list[int]
                   ) -> tuple[dict[str, Tensor], Tensor]:
         """Forward the minibatch; the sum of the active rules (and head) to minimise."""
         c = self.config
         head_now = c.head == "joint" and self.has_head
-        upto = None if head_now or not active else max(active)
-        out = self.model(x, upto=upto)
+        out = self.model(x, upto=self._forward_upto(active))
 
         # The local rules of the active blocks.
         loss = x.new_zeros(())
