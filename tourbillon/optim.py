@@ -86,7 +86,7 @@ class AveragedMomentumSGD(torch.optim.SGD):
         seen: set[int] = set()
         for g in gradients:
             layer = g.layer
-            for p, presyn in ((layer.weight, g.presyn), (layer.bias, None)):
+            for p, presyn in ((layer.bias, None), (layer.weight, g.presyn)):
                 if p is None:
                     continue
                 if id(p) in seen:
@@ -108,20 +108,21 @@ class AveragedMomentumSGD(torch.optim.SGD):
                 alpha = (1 - beta) * g.scale
                 if presyn is not None:
                     torch.addmm(m, g.delta.t(), presyn, beta=beta, alpha=alpha, out=m)
-                else:  # the bias: the delta's column sums
-                    torch.addmv(m, g.delta.t(), self._ones(g.delta), beta=beta,
-                                alpha=alpha, out=m)
+                else:  # the bias: the delta's column sums, as a row
+                    row = m.unsqueeze(0)
+                    torch.addmm(row, self._ones(g.delta), g.delta, beta=beta,
+                                alpha=alpha, out=row)
                 p.add_(m, alpha=-rates[id(group)])  # while the buffer is in cache
         for group in self.param_groups:
             if id(group) in rates:
                 group["step"] += 1
 
     def _ones(self, delta: Tensor) -> Tensor:
-        """A vector of ones over ``delta``'s batch (kept between steps)."""
+        """A ``(1, B)`` row of ones over ``delta``'s batch (kept between steps)."""
         ones = getattr(self, "_batch_ones", None)
-        if (ones is None or ones.shape[0] != delta.shape[0]
+        if (ones is None or ones.shape[1] != delta.shape[0]
                 or ones.dtype != delta.dtype or ones.device != delta.device):
-            ones = self._batch_ones = delta.new_ones(delta.shape[0])
+            ones = self._batch_ones = delta.new_ones(1, delta.shape[0])
         return ones
 
 

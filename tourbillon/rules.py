@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Config
-from .model import decoder_activation_for
+from .model import RandomFeedback, decoder_activation_for
 
 
 def squared_error(output: Tensor, target: Tensor, reduction: str) -> Tensor:
@@ -206,7 +206,8 @@ def rule_gradients(model: nn.Module, out: dict[str, Tensor], config: Config,
 def _linear(half: nn.Module) -> nn.Linear:
     """The ``nn.Linear`` of a block's encoder or decoder."""
     layer = half[0]
-    layer = getattr(layer, "layer", layer)  # unwrap RandomFeedback
+    if isinstance(layer, RandomFeedback):
+        layer = layer.layer
     if not isinstance(layer, nn.Linear):
         raise TypeError(f"explicit updates cover linear layers, not {type(layer).__name__}")
     return layer
