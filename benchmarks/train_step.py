@@ -2,32 +2,33 @@
 
 The step is ``Trainer.train_step`` on a 784-256 block, batch 64, random [0, 1]
 data, with the variant's real objective (block 0 active, as in the first
-stage of its sequential schedule). The floor is the five matrix products the
-step cannot avoid, as bare ``torch.addmm`` / ``torch.mm`` calls of the same
-shapes:
+stage of its sequential schedule) and its default update, ``explicit``. The
+floor is the five matrix products the step cannot avoid, as bare
+``torch.addmm`` / ``torch.mm`` calls of the same shapes:
 
 - forward: ``E(x0)`` (64x784 @ 784x256), ``D(h0)`` (64x256 @ 256x784) and
   ``E(x1)`` (64x784 @ 784x256);
 - weight gradients: encoder ``(256x64) @ (64x784)`` and decoder
   ``(784x64) @ (64x256)``.
 
-Two more functions place the step between the floor and eager PyTorch:
+Three more functions place the step:
 
 - the *bare step*, the same update written out by hand with no trainer,
-  model or autograd: the three products of the forward under ``no_grad``,
-  the delta rules' errors, the two gradient products into reused buffers and
-  the authors' SGD;
+  model, rules or optimizer: the three products of the forward under
+  ``no_grad``, the delta rules' errors, each gradient product folded into its
+  momentum buffer by one ``addmm`` and the parameter update;
 - the *autograd step*, the least an autograd step of the update does: the
   forward by hand (no modules), the project's rule objectives, ``backward``
-  and the same SGD.
+  and the authors' SGD;
+- the trainer's step with ``update=autograd``.
 
 Between them they show how much of the step's time is PyTorch's eager
 execution at this size, how much autograd and how much the toolkit's
-machinery (model, rules' bookkeeping, trainer). Tests hold both to the
-trainer's update.
+machinery (model, rules, trainer). Tests hold the bare and autograd steps to
+the trainer's update.
 
-All four are timed in one process on one thread, interleaved, and compared
-by their medians. The last line printed is ``ratio: X.XX`` (step / floor).
+All are timed in one process on one thread, interleaved, and compared by
+their medians. The last line printed is ``ratio: X.XX`` (step / floor).
 
 Usage::
 
@@ -65,9 +66,9 @@ def random_dataset(n: int = 256) -> Dataset:
                    y_test=y[:64], image_shape=(1, 28, 28), classes=10)
 
 
-def make_trainer(batch: int = B) -> Trainer:
+def make_trainer(batch: int = B, update: str = "auto") -> Trainer:
     """A trainer of the authors' variant on random data."""
-    config = resolve("authors", {"batch_size": batch})
+    config = resolve("authors", {"batch_size": batch, "update": update})
     assert config.sizes == (D, H)
     return Trainer(config, data=random_dataset(max(256, batch)), probe_epochs=0)
 
@@ -117,28 +118,38 @@ def _copied_params(trainer: Trainer
 def make_bare_step(trainer: Trainer, x0: torch.Tensor
                    ) -> tuple[Callable[[], None], list[torch.Tensor]]:
     """The authors' update of block 0 by hand, on copies of ``trainer``'s
-    weights (encoder A, a; decoder W, w): no model, no autograd.
+    weights (encoder A, a; decoder W, w): no model, rules, optimizer or
+    autograd.
 
     Returns the step and its parameters ``[A, a, W, w]``.
     """
     params, optimizer = _copied_params(trainer)
-    A, a, W, w = params
-    for p in params:
-        p.grad = torch.zeros_like(p)
+    (group,) = optimizer.param_groups
+    lr0, decay, beta = group["lr0"], group["decay"], group["momentum"]
+    A, a, W, w = (p.detach() for p in params)
+    mA, ma, mW, mw = (torch.zeros_like(p) for p in params)
+    ones = torch.ones(x0.shape[0])
+    steps = 0
 
     def bare() -> None:
+        nonlocal steps
         with torch.no_grad():
             h0 = torch.tanh(F.linear(x0, A, a))
             x1 = F.linear(h0, W, w)  # identity decoder
             h1 = torch.tanh(F.linear(x1, A, a))
-            n = x0.shape[0]
-            delta_x = (x1 - x0).div_(n)  # decoder: data target, sum reduction
-            delta_h = (h1 - h0).mul_(1 - h0 * h0).div_(n)  # encoder: authors' rule
-            torch.mm(delta_h.t(), x0, out=A.grad)
-            torch.sum(delta_h, dim=0, out=a.grad)
-            torch.mm(delta_x.t(), h0, out=W.grad)
-            torch.sum(delta_x, dim=0, out=w.grad)
-        optimizer.step()
+            alpha = (1 - beta) / x0.shape[0]  # summed errors: 1/B
+            lr = lr0 / (1 + decay * steps)
+            steps += 1
+            delta_h = (h1 - h0).mul_(1 - h0 * h0)  # encoder: authors' rule
+            torch.addmm(mA, delta_h.t(), x0, beta=beta, alpha=alpha, out=mA)
+            A.sub_(mA, alpha=lr)
+            torch.addmv(ma, delta_h.t(), ones, beta=beta, alpha=alpha, out=ma)
+            a.sub_(ma, alpha=lr)
+            delta_x = x1 - x0  # decoder: data target
+            torch.addmm(mW, delta_x.t(), h0, beta=beta, alpha=alpha, out=mW)
+            W.sub_(mW, alpha=lr)
+            torch.addmv(mw, delta_x.t(), ones, beta=beta, alpha=alpha, out=mw)
+            w.sub_(mw, alpha=lr)
 
     return bare, params
 
@@ -210,23 +221,29 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     trainer = make_trainer(args.batch)
+    assert trainer.explicit, "authors' default update should be explicit"
     x0 = trainer.data.x_train[:args.batch]
     bare, _ = make_bare_step(trainer, x0)
     autograd, _ = make_autograd_step(trainer, x0)
     step, floor = make_step(trainer), make_floor(args.batch)
+    step_autograd = make_step(make_trainer(args.batch, update="autograd"))
     if args.profile:
         profile_step(step)
-    fns = {"step": step, "floor": floor, "bare": bare, "autograd": autograd}
+    fns = {"step": step, "floor": floor, "bare": bare, "autograd": autograd,
+           "step_autograd": step_autograd}
     medians = {name: statistics.median(t)
                for name, t in time_interleaved(fns, reps, warmup).items()}
     step_s, floor_s = medians["step"], medians["floor"]
     print(f"repetitions: {reps}, threads: {torch.get_num_threads()}")
     print(f"step:     {step_s * 1e3:.3f} ms (median Trainer.train_step, authors, "
-          f"{D}-{H}, batch {args.batch})")
-    for name, what in (("autograd", "the same update through autograd, no model "
-                        "or trainer"),
-                       ("bare", "the same update by hand")):
-        print(f"{name + ':':9s} {medians[name] * 1e3:.3f} ms ({what}, "
+          f"{D}-{H}, batch {args.batch}, update=explicit)")
+    for name, label, what in (
+            ("step_autograd", "step with update=autograd",
+             "the trainer through autograd"),
+            ("autograd", "autograd", "the same update through autograd, no model "
+             "or trainer"),
+            ("bare", "bare", "the same update by hand")):
+        print(f"{label}: {medians[name] * 1e3:.3f} ms ({what}, "
               f"{medians[name] / floor_s:.2f}x the floor)")
     print(f"floor:    {floor_s * 1e3:.3f} ms (median of its 5 bare matmuls)")
     print(f"ratio: {step_s / floor_s:.2f}")
