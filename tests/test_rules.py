@@ -359,7 +359,7 @@ def test_authors_variant_rule_is_the_published_update() -> None:
     torch.testing.assert_close(-got_b, (x - x1).T @ h0 / B, atol=ATOL, rtol=0)
 
 
-# -- the explicit form of the rules ------------------------------------------------------
+# -- the explicit form of the rules ---------------------------------------------------
 
 # Every linear point of CONFIGS whose rules stay inside their block, which is
 # what update='explicit' asks of a config.
@@ -547,7 +547,10 @@ def test_step_products_is_the_step_from_gradients() -> None:
     twins = [nn.Linear(4, 3).double(), nn.Linear(3, 5).double()]
     for layer, twin in zip(layers, twins):
         twin.load_state_dict(layer.state_dict())
-    params = lambda pair: [p for layer in pair for p in layer.parameters()]  # noqa: E731
+
+    def params(pair):
+        return [p for layer in pair for p in layer.parameters()]
+
     by_products = AveragedMomentumSGD(params(layers), lr=0.2, momentum=0.7, decay=0.1)
     by_grads = AveragedMomentumSGD(params(twins), lr=0.2, momentum=0.7, decay=0.1)
     for active in ([0, 1], [0], [], [0, 1], [1]):
@@ -559,7 +562,8 @@ def test_step_products_is_the_step_from_gradients() -> None:
             presyn = torch.randn(6, layer.in_features, generator=g, dtype=torch.float64)
             product = LayerGradient(layer, delta, presyn, 0.25, delta.new_zeros(()))
             products.append(product)
-            twin.weight.grad, twin.bias.grad = product.weight_grad(), product.bias_grad()
+            twin.weight.grad = product.weight_grad()
+            twin.bias.grad = product.bias_grad()
         by_products.step_products(products)
         by_grads.step()
         for p, q in zip(params(layers), params(twins)):

@@ -209,5 +209,6 @@ def _linear(half: nn.Module) -> nn.Linear:
     if isinstance(layer, RandomFeedback):
         layer = layer.layer
     if not isinstance(layer, nn.Linear):
-        raise TypeError(f"explicit updates cover linear layers, not {type(layer).__name__}")
+        raise TypeError(
+            f"explicit updates cover linear layers, not {type(layer).__name__}")
     return layer

@@ -140,7 +140,8 @@ class Trainer:
         """Whether steps use the rules' explicit products (``config.update``)."""
         if not self.config.explicit_update:
             return False
-        if type(self.model) is not Tourbillon or type(self).objective is not Trainer.objective:
+        own_objective = type(self).objective is Trainer.objective
+        if type(self.model) is not Tourbillon or not own_objective:
             if self.config.update == "explicit":
                 raise ConfigError(
                     "update='explicit' covers the trainer's own Tourbillon model; "
