@@ -34,8 +34,7 @@ def squared_error(output: Tensor, target: Tensor, reduction: str) -> Tensor:
     Args:
         output, target: same shape, batch first.
     """
-    error = output - target
-    return _weighted_error(error, error, 0.5 * _error_scale(output, reduction))
+    return _half_squared(output - target, _error_scale(output, reduction))
 
 
 def _error_scale(output: Tensor, reduction: str) -> float:
@@ -48,6 +47,11 @@ def _error_scale(output: Tensor, reduction: str) -> float:
 def _weighted_error(error: Tensor, weight: Tensor, scale: float) -> Tensor:
     """``scale * sum(error * weight)``: every rule's objective has this form."""
     return torch.dot(error.flatten(), weight.flatten()) * scale
+
+
+def _half_squared(error: Tensor, scale: float) -> Tensor:
+    """The squared-error objective of ``error``: ``scale / 2 * sum(error ** 2)``."""
+    return _weighted_error(error, error, 0.5 * scale)
 
 
 def encoder_objective(out: dict[str, Tensor], config: Config,
@@ -168,7 +172,7 @@ def _layer_gradient(layer: nn.Linear, output: Tensor, target: Tensor,
     if authors:
         objective = _weighted_error(error, target, scale)
     else:
-        objective = _weighted_error(error, error, 0.5 * scale)
+        objective = _half_squared(error, scale)
     delta = times_slope(activation, error, target if authors else output)
     return LayerGradient(layer, delta, presyn, scale, objective)
 
