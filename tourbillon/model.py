@@ -48,6 +48,11 @@ def make_activation(name: str) -> nn.Module:
     return table[name]()
 
 
+def _cut(t: Tensor) -> Tensor:
+    """``t`` without its graph; ``t`` itself when it has none (no alias made)."""
+    return t.detach() if t.requires_grad else t
+
+
 def decoder_activation_for(config: Config, block: int) -> str:
     """The decoder activation of ``block``, resolving ``match`` to the input range."""
     if config.decoder_activation != "match":
@@ -136,18 +141,18 @@ class CircularBlock(nn.Module):
         lam = c.regression
         out: dict[str, Tensor] = {}
         codes, reconstructions = [], []
-        visible = x if c.input_graph == "keep" else x.detach()
+        visible = x if c.input_graph == "keep" else _cut(x)
         for i in range(last + 1):
             # Encoder half: the code of the visible state.
             code = self.encoder(visible)
             if i == self._encoder_rule_at:
-                out["enc_input"] = visible.detach()
+                out["enc_input"] = _cut(visible)
             if i == c.encoder_output:
                 out["enc_output"] = code
             if i == c.feed_from:
                 out["code"] = code
             if i == c.encoder_target:
-                out["enc_target"] = code.detach()
+                out["enc_target"] = _cut(code)
                 if c.encoder_rule == "authors":
                     out["enc_presyn"] = code
             codes.append(code)
@@ -155,40 +160,39 @@ class CircularBlock(nn.Module):
                 break
 
             # Decoder half: reconstruct from the (detached) code.
-            code_in = code if c.code_graph == "keep" else code.detach()
+            code_in = code if c.code_graph == "keep" else _cut(code)
             reconstruction = self.decoder(code_in)
             if i == c.decoder_output:
-                out["dec_input"] = code_in.detach()
+                out["dec_input"] = _cut(code_in)
                 out["dec_output"] = reconstruction
             if i == c.decoder_target:
-                out["dec_target"] = reconstruction.detach()
+                out["dec_target"] = _cut(reconstruction)
             reconstructions.append(reconstruction)
 
             # The next circulation starts from the detached (regressed) state.
-            next_visible = reconstruction.detach()
+            next_visible = _cut(reconstruction)
             if lam > 0.0:
-                next_visible = lam * visible.detach() + (1 - lam) * next_visible
+                next_visible = lam * _cut(visible) + (1 - lam) * next_visible
             visible = next_visible
         if c.decoder_target == "input":
-            out["dec_target"] = x.detach()
+            out["dec_target"] = _cut(x)
         if keep_all:
             out["codes"] = codes  # type: ignore[assignment]
             out["reconstructions"] = reconstructions  # type: ignore[assignment]
         return out
 
     def _check_input(self, x: Tensor) -> None:
-        layer = self.encoder[0] if isinstance(self.encoder, nn.Sequential) else None
+        # (iterating a Sequential is cheaper than indexing it)
+        half = self.encoder
+        layer = next(iter(half)) if isinstance(half, nn.Sequential) else None
         if isinstance(layer, nn.Linear):
-            expected, dims = f"(B, {layer.in_features})", 2
-            ok = x.dim() == 2 and x.shape[1] == layer.in_features
+            if x.dim() != 2 or x.shape[1] != layer.in_features:
+                raise DataError(f"expected block input of shape "
+                                f"(B, {layer.in_features}), got {tuple(x.shape)}")
         elif isinstance(layer, nn.Conv2d):
-            expected, dims = f"(B, {layer.in_channels}, H, W)", 4
-            ok = x.dim() == 4 and x.shape[1] == layer.in_channels
-        else:
-            return
-        if not ok:
-            raise DataError(f"expected block input of shape {expected}, "
-                            f"got {tuple(x.shape)}")
+            if x.dim() != 4 or x.shape[1] != layer.in_channels:
+                raise DataError(f"expected block input of shape "
+                                f"(B, {layer.in_channels}, H, W), got {tuple(x.shape)}")
 
     @property
     def encoder_weight(self) -> Tensor:
@@ -332,7 +336,7 @@ class Tourbillon(nn.Module):
                 out[f"{key}_{k}"] = value
             code = result["code"]
             if self.config.input_graph == "detach":
-                code = code.detach()
+                code = _cut(code)
         if upto is None:
             features = out[f"code_{top}"] if self.blocks else x
             if self.config.head_graph == "detach":
