@@ -18,7 +18,7 @@ delta rule as the authors write it. With ``mean`` it is PyTorch's MSE.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -118,11 +118,11 @@ def feedback_objective(model: torch.nn.Module, out: dict[str, Tensor],
 # -- the same rules as explicit updates -----------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class LayerGradient:
+class LayerGradient(NamedTuple):
     """One rule's update of a linear layer, as a product: the weight's
     gradient is ``scale * delta.T @ presyn`` and the bias's
-    ``scale * delta.sum(0)``.
+    ``scale * delta.sum(0)``. (A named tuple: one is made per layer and
+    step, and it is the cheapest immutable record to make.)
 
     Attributes:
         layer: the ``nn.Linear`` the rule updates.
@@ -209,7 +209,7 @@ def rule_gradients(model: nn.Module, out: dict[str, Tensor], config: Config,
 
 def _linear(half: nn.Module) -> nn.Linear:
     """The ``nn.Linear`` of a block's encoder or decoder."""
-    layer = half[0]
+    layer = next(iter(half))  # (indexing a Sequential costs several times more)
     if isinstance(layer, RandomFeedback):
         layer = layer.layer
     if not isinstance(layer, nn.Linear):
