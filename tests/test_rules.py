@@ -573,6 +573,33 @@ def test_step_products_is_the_step_from_gradients() -> None:
     assert group["lr"] == twin_group["lr"]
 
 
+def test_step_products_follows_added_and_loaded_param_groups() -> None:
+    # step_products keeps its parameter -> group map between steps; a group
+    # added later and groups replaced by load_state_dict must be the ones used.
+    first, second = nn.Linear(3, 2), nn.Linear(2, 3)
+
+    def product(layer):
+        return LayerGradient(layer, torch.ones(4, layer.out_features),
+                             torch.ones(4, layer.in_features), 1.0, torch.zeros(()))
+
+    optimizer = AveragedMomentumSGD(first.parameters(), lr=0.1, decay=0.5)
+    optimizer.step_products([product(first)])
+    optimizer.add_param_group({"params": list(second.parameters()), "lr0": 0.1,
+                               "decay": 0.5, "step": 0})
+    optimizer.step_products([product(second)])
+    assert [g["step"] for g in optimizer.param_groups] == [1, 1]
+
+    saved = AveragedMomentumSGD(first.parameters(), lr=0.1, decay=0.5)
+    for _ in range(3):
+        saved.step_products([product(first)])
+    fresh = AveragedMomentumSGD(first.parameters(), lr=0.1, decay=0.5)
+    fresh.step_products([product(first)])  # builds the map for the old groups
+    fresh.load_state_dict(saved.state_dict())
+    fresh.step_products([product(first)])
+    assert fresh.param_groups[0]["step"] == 4
+    assert fresh.param_groups[0]["lr"] == pytest.approx(0.1 / (1 + 0.5 * 3))
+
+
 def test_step_products_refuses_a_layer_twice_or_a_foreign_one() -> None:
     layer = nn.Linear(3, 2)
     optimizer = AveragedMomentumSGD(layer.parameters(), lr=0.1)

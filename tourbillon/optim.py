@@ -81,7 +81,7 @@ class AveragedMomentumSGD(torch.optim.SGD):
         without a product are not updated; a group with none keeps its step
         count, as in :meth:`step`. Every layer may appear once.
         """
-        groups = {id(p): group for group in self.param_groups for p in group["params"]}
+        groups = self._groups_by_param()
         rates: dict[int, float] = {}  # id(group) -> this step's lr
         seen: set[int] = set()
         for g in gradients:
@@ -101,9 +101,9 @@ class AveragedMomentumSGD(torch.optim.SGD):
                     group["lr"] = group["lr0"] / (1.0 + group["decay"] * group["step"])
                     rates[id(group)] = group["lr"]
                 state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                m = state["momentum_buffer"]
+                m = state.get("momentum_buffer")
+                if m is None:
+                    m = state["momentum_buffer"] = torch.zeros_like(p)
                 beta = group["momentum"]
                 alpha = (1 - beta) * g.scale
                 if presyn is not None:
@@ -117,11 +117,23 @@ class AveragedMomentumSGD(torch.optim.SGD):
             if id(group) in rates:
                 group["step"] += 1
 
+    def _groups_by_param(self) -> dict[int, dict]:
+        """``id(parameter) -> its group``, kept while ``param_groups`` is the
+        same list of the same length (``add_param_group`` appends to it;
+        ``load_state_dict`` replaces it)."""
+        groups = self.param_groups
+        cache = getattr(self, "_group_of", None)
+        if cache is None or cache[0] is not groups or cache[1] != len(groups):
+            by_param = {id(p): group for group in groups for p in group["params"]}
+            cache = self._group_of = (groups, len(groups), by_param)
+        return cache[2]
+
     def _ones(self, delta: Tensor) -> Tensor:
         """A ``(1, B)`` row of ones over ``delta``'s batch (kept between steps)."""
         ones = getattr(self, "_batch_ones", None)
         if (ones is None or ones.shape[1] != delta.shape[0]
-                or ones.dtype != delta.dtype or ones.device != delta.device):
+                or ones.dtype is not delta.dtype
+                or ones.get_device() != delta.get_device()):
             ones = self._batch_ones = delta.new_ones(1, delta.shape[0])
         return ones
 
