@@ -11,24 +11,27 @@ floor is the five matrix products the step cannot avoid, as bare
 - weight gradients: encoder ``(256x64) @ (64x784)`` and decoder
   ``(784x64) @ (64x256)``.
 
-Three more functions place the step:
+More steps place the figure. A ladder climbs from the *bare update*, the
+same update written out by hand with no trainer, model, rules or optimizer
+(the three products of the forward, the delta rules' errors, each gradient
+product folded into its momentum buffer by one ``addmm`` and the parameter
+update), to the trainer's step, adding one piece of the toolkit per rung:
 
-- the *bare step*, the same update written out by hand with no trainer,
-  model, rules or optimizer: the three products of the forward under
-  ``no_grad``, the delta rules' errors, each gradient product folded into its
-  momentum buffer by one ``addmm`` and the parameter update;
-- the *autograd step*, the least an autograd step of the update does: the
-  forward by hand (no modules), the project's rule objectives, ``backward``
-  and the authors' SGD;
-- the trainer's step with ``update=autograd``.
+1. the model's forward in place of the hand-written one;
+2. the rules' products (``rule_gradients``: errors, slopes and objectives) in
+   place of the hand-written errors;
+3. the optimizer's ``step_products`` in place of the hand-written update;
+4. the trainer around them (``Trainer.train_step``).
 
-Between them they show how much of the step's time is PyTorch's eager
-execution at this size, how much autograd and how much the toolkit's
-machinery (model, rules, trainer). Tests hold the bare and autograd steps to
-the trainer's update.
+Two autograd steps show what the explicit update saves: the least an
+autograd step of the update does (the forward by hand, no modules; the
+project's rule objectives; ``backward``; the authors' SGD), and the trainer
+with ``update=autograd``. Tests hold every step to the trainer's update.
 
-All are timed in one process on one thread, interleaved, and compared by
-their medians. The last line printed is ``ratio: X.XX`` (step / floor).
+All are timed in one process on one thread, interleaved in an order shuffled
+every repetition (a fixed order made the step timed right after the floor up
+to 0.07x of the floor slower, whichever step it was), and compared by their
+medians. The last line printed is ``ratio: X.XX`` (step / floor).
 
 Usage::
 
@@ -41,6 +44,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from typing import Callable
@@ -51,7 +55,8 @@ import torch.nn.functional as F
 from tourbillon.config import resolve
 from tourbillon.data import Dataset
 from tourbillon.optim import make_optimizer
-from tourbillon.rules import decoder_objective, encoder_objective
+from tourbillon.rules import (LayerGradient, decoder_objective, encoder_objective,
+                              rule_gradients)
 from tourbillon.train import Trainer
 
 B, D, H = 64, 784, 256
@@ -104,15 +109,55 @@ def make_floor(batch: int = B) -> Callable[[], None]:
     return floor
 
 
-def _copied_params(trainer: Trainer
-                   ) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+def _copied_params(trainer: Trainer) -> list[torch.Tensor]:
     """Copies of block 0's encoder (A, a) and decoder (W, w) weights of
-    ``trainer``, with an optimizer of its config over them."""
+    ``trainer``, as leaves that require grad."""
+    return [t.detach().clone().requires_grad_() for t in _block_params(trainer)]
+
+
+def _block_params(trainer: Trainer) -> list[torch.Tensor]:
+    """Block 0's encoder (A, a) and decoder (W, w) weights of ``trainer``."""
     block = trainer.model.blocks[0]
-    layers = (block.encoder[0], block.decoder[0])
-    params = [t.detach().clone().requires_grad_()
-              for layer in layers for t in (layer.weight, layer.bias)]
-    return params, make_optimizer(params, trainer.config)
+    return [t for layer in (block.encoder[0], block.decoder[0])
+            for t in (layer.weight, layer.bias)]
+
+
+class HandUpdate:
+    """The authors' SGD written out, with ``trainer``'s settings, over
+    ``params``, a block's encoder (A, a) and decoder (W, w) weights: each
+    gradient product folded into a momentum buffer of its own by one
+    ``addmm`` (a bias's as a row), then the parameter update."""
+
+    def __init__(self, trainer: Trainer, params: list[torch.Tensor]) -> None:
+        (group,) = trainer.optimizer.param_groups
+        self.lr0, self.decay = group["lr0"], group["decay"]
+        self.beta = group["momentum"]
+        self.params = [p.detach() for p in params]
+        self.buffers = [torch.zeros_like(p) for p in self.params]
+        self.rows = [self.buffers[1].unsqueeze(0), self.buffers[3].unsqueeze(0)]
+        self.ones = torch.ones(1, trainer.config.batch_size)
+        self.steps = 0
+
+    def __call__(self, delta_h: torch.Tensor, x0: torch.Tensor,
+                 delta_x: torch.Tensor, h0: torch.Tensor) -> None:
+        """Step from the errors at the pre-activations and the layers' inputs
+        (encoder: ``delta_h``, ``x0``; decoder: ``delta_x``, ``h0``)."""
+        A, a, W, w = self.params
+        mA, ma, mW, mw = self.buffers
+        ra, rw = self.rows
+        beta, ones = self.beta, self.ones
+        alpha = (1 - beta) / x0.shape[0]  # summed errors: 1/B
+        lr = self.lr0 / (1 + self.decay * self.steps)
+        self.steps += 1
+        with torch.no_grad():
+            torch.addmm(ra, ones, delta_h, beta=beta, alpha=alpha, out=ra)
+            a.sub_(ma, alpha=lr)
+            torch.addmm(mA, delta_h.t(), x0, beta=beta, alpha=alpha, out=mA)
+            A.sub_(mA, alpha=lr)
+            torch.addmm(rw, ones, delta_x, beta=beta, alpha=alpha, out=rw)
+            w.sub_(mw, alpha=lr)
+            torch.addmm(mW, delta_x.t(), h0, beta=beta, alpha=alpha, out=mW)
+            W.sub_(mW, alpha=lr)
 
 
 def make_bare_step(trainer: Trainer, x0: torch.Tensor
@@ -123,35 +168,59 @@ def make_bare_step(trainer: Trainer, x0: torch.Tensor
 
     Returns the step and its parameters ``[A, a, W, w]``.
     """
-    params, optimizer = _copied_params(trainer)
-    (group,) = optimizer.param_groups
-    lr0, decay, beta = group["lr0"], group["decay"], group["momentum"]
-    A, a, W, w = (p.detach() for p in params)
-    mA, ma, mW, mw = (torch.zeros_like(p) for p in params)
-    ones = torch.ones(x0.shape[0])
-    steps = 0
+    params = _copied_params(trainer)
+    update = HandUpdate(trainer, params)
+    A, a, W, w = update.params
 
     def bare() -> None:
-        nonlocal steps
         with torch.no_grad():
             h0 = torch.tanh(F.linear(x0, A, a))
             x1 = F.linear(h0, W, w)  # identity decoder
             h1 = torch.tanh(F.linear(x1, A, a))
-            alpha = (1 - beta) / x0.shape[0]  # summed errors: 1/B
-            lr = lr0 / (1 + decay * steps)
-            steps += 1
             delta_h = (h1 - h0).mul_(1 - h0 * h0)  # encoder: authors' rule
-            torch.addmm(mA, delta_h.t(), x0, beta=beta, alpha=alpha, out=mA)
-            A.sub_(mA, alpha=lr)
-            torch.addmv(ma, delta_h.t(), ones, beta=beta, alpha=alpha, out=ma)
-            a.sub_(ma, alpha=lr)
             delta_x = x1 - x0  # decoder: data target
-            torch.addmm(mW, delta_x.t(), h0, beta=beta, alpha=alpha, out=mW)
-            W.sub_(mW, alpha=lr)
-            torch.addmv(mw, delta_x.t(), ones, beta=beta, alpha=alpha, out=mw)
-            w.sub_(mw, alpha=lr)
+        update(delta_h, x0, delta_x, h0)
 
     return bare, params
+
+
+LADDER = ("+ the model's forward", "+ the rules' products",
+          "+ the optimizer's step_products")
+
+
+def make_rung(rung: int, batch: int = B
+              ) -> tuple[Callable[[], None], list[torch.Tensor]]:
+    """Rung ``rung`` (1 to 3) of the ladder from the bare update to the
+    trainer's step, on a trainer of its own: the model's forward (1), then the
+    rules' products (2), then the optimizer's ``step_products`` (3) in place
+    of the hand-written piece; the rest stays by hand.
+
+    Returns the step and its parameters ``[A, a, W, w]``.
+    """
+    trainer = make_trainer(batch)
+    model, config, optimizer = trainer.model, trainer.config, trainer.optimizer
+    x0 = trainer.data.x_train[:batch]
+    params = _block_params(trainer)
+    update = HandUpdate(trainer, params)
+
+    def step() -> None:
+        with torch.no_grad():
+            out = model(x0, upto=0)
+        if rung == 1:
+            with torch.no_grad():
+                h0, x1 = out["enc_target_0"], out["dec_output_0"]
+                delta_h = (out["enc_output_0"] - h0).mul_(1 - h0 * h0)
+                delta_x = x1 - x0
+            update(delta_h, x0, delta_x, h0)
+            return
+        gradients: list[LayerGradient] = rule_gradients(model, out, config, [0])
+        if rung == 2:
+            encoder, decoder = gradients
+            update(encoder.delta, encoder.presyn, decoder.delta, decoder.presyn)
+        else:
+            optimizer.step_products(gradients)
+
+    return step, params
 
 
 def make_autograd_step(trainer: Trainer, x0: torch.Tensor
@@ -163,7 +232,8 @@ def make_autograd_step(trainer: Trainer, x0: torch.Tensor
 
     Returns the step and its parameters ``[A, a, W, w]``.
     """
-    params, optimizer = _copied_params(trainer)
+    params = _copied_params(trainer)
+    optimizer = make_optimizer(params, trainer.config)
     A, a, W, w = params
     config = trainer.config
 
@@ -183,14 +253,19 @@ def make_autograd_step(trainer: Trainer, x0: torch.Tensor
 
 
 def time_interleaved(fns: dict[str, Callable[[], None]], reps: int,
-                     warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, alternating calls rep by rep."""
+                     warmup: int, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per call of each function: every repetition calls each once,
+    in an order shuffled anew (seeded)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    order = list(fns)
+    rng = random.Random(seed)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
-        for name, fn in fns.items():
+        rng.shuffle(order)
+        for name in order:
+            fn = fns[name]
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -223,30 +298,35 @@ def main() -> None:
     trainer = make_trainer(args.batch)
     assert trainer.explicit, "authors' default update should be explicit"
     x0 = trainer.data.x_train[:args.batch]
-    bare, _ = make_bare_step(trainer, x0)
-    autograd, _ = make_autograd_step(trainer, x0)
     step, floor = make_step(trainer), make_floor(args.batch)
-    step_autograd = make_step(make_trainer(args.batch, update="autograd"))
     if args.profile:
         profile_step(step)
-    fns = {"step": step, "floor": floor, "bare": bare, "autograd": autograd,
-           "step_autograd": step_autograd}
+    ladder = ["bare", *LADDER, "step"]
+    fns = {"step": step, "floor": floor, "bare": make_bare_step(trainer, x0)[0]}
+    fns.update({name: make_rung(i, args.batch)[0]
+                for i, name in enumerate(LADDER, start=1)})
+    fns["autograd"] = make_autograd_step(trainer, x0)[0]
+    fns["step_autograd"] = make_step(make_trainer(args.batch, update="autograd"))
     medians = {name: statistics.median(t)
                for name, t in time_interleaved(fns, reps, warmup).items()}
-    step_s, floor_s = medians["step"], medians["floor"]
-    print(f"repetitions: {reps}, threads: {torch.get_num_threads()}")
-    print(f"step:     {step_s * 1e3:.3f} ms (median Trainer.train_step, authors, "
-          f"{D}-{H}, batch {args.batch}, update=explicit)")
-    for name, label, what in (
-            ("step_autograd", "step with update=autograd",
-             "the trainer through autograd"),
-            ("autograd", "autograd", "the same update through autograd, no model "
-             "or trainer"),
-            ("bare", "bare", "the same update by hand")):
-        print(f"{label}: {medians[name] * 1e3:.3f} ms ({what}, "
-              f"{medians[name] / floor_s:.2f}x the floor)")
-    print(f"floor:    {floor_s * 1e3:.3f} ms (median of its 5 bare matmuls)")
-    print(f"ratio: {step_s / floor_s:.2f}")
+    floor_s = medians["floor"]
+    ratios = {name: t / floor_s for name, t in medians.items()}
+
+    print(f"repetitions: {reps} (each in a shuffled order), "
+          f"threads: {torch.get_num_threads()}")
+    print(f"floor: {floor_s * 1e3:.3f} ms (median of its 5 bare matmuls)")
+    print(f"step:  {medians['step'] * 1e3:.3f} ms (median Trainer.train_step, "
+          f"authors, {D}-{H}, batch {args.batch}, update=explicit)")
+    print("From the update by hand to the trainer's step, one piece at a time "
+          "(x the floor):")
+    labels = {"bare": "bare: the update by hand", "step": "= Trainer.train_step"}
+    for before, name in zip([None, *ladder], ladder):
+        added = "" if before is None else f"  ({ratios[name] - ratios[before]:+.2f})"
+        print(f"  {labels.get(name, name):34} {ratios[name]:.2f}{added}")
+    print("Through autograd (x the floor):")
+    print(f"  {'the update, no model or trainer':34} {ratios['autograd']:.2f}")
+    print(f"  {'the trainer with update=autograd':34} {ratios['step_autograd']:.2f}")
+    print(f"ratio: {ratios['step']:.2f}")
 
 
 if __name__ == "__main__":

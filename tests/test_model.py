@@ -545,21 +545,32 @@ def test_random_feedback_rejects_other_layers() -> None:
 # -- the benchmark script ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("maker", ["make_bare_step", "make_autograd_step"])
-def test_benchmark_reference_steps_are_the_trainers_update(maker: str) -> None:
+def _benchmark_module():
     spec = importlib.util.spec_from_file_location(
         "train_step_benchmark", REPO / "benchmarks" / "train_step.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.parametrize("maker", ["make_bare_step", "make_autograd_step", "rung 1",
+                                   "rung 2", "rung 3"])
+def test_benchmark_reference_steps_are_the_trainers_update(maker: str) -> None:
+    bench = _benchmark_module()
     trainer = bench.make_trainer()
-    other, params = getattr(bench, maker)(trainer, trainer.data.x_train[:bench.B])
+    if maker.startswith("rung"):  # a trainer of its own, the same seed
+        other, params = bench.make_rung(int(maker.split()[1]))
+    else:
+        other, params = getattr(bench, maker)(trainer, trainer.data.x_train[:bench.B])
     step = bench.make_step(trainer)
-    for _ in range(3):  # momentum and lr decay in play
-        step()
-        other()
     block = trainer.model.blocks[0]
     trained = [block.encoder[0].weight, block.encoder[0].bias,
                block.decoder[0].weight, block.decoder[0].bias]
+    for got, want in zip(params, trained):
+        assert got is not want and torch.equal(got, want)
+    for _ in range(3):  # momentum and lr decay in play
+        step()
+        other()
     for got, want in zip(params, trained):
         # float32, different operation order: rounding only.
         torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-5, atol=1e-6)
@@ -570,5 +581,8 @@ def test_benchmark_quick_run_prints_ratio() -> None:
     result = subprocess.run([sys.executable, str(script), "--quick"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    last = result.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"ratio: \d+\.\d\d", last), last
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio: \d+\.\d\d", lines[-1]), lines[-1]
+    # The ladder's last rung is the step whose ratio ends the output.
+    rung = next(line for line in lines if "= Trainer.train_step" in line)
+    assert rung.split()[-2] == lines[-1].split()[-1]
