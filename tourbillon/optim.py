@@ -132,8 +132,7 @@ class AveragedMomentumSGD(torch.optim.SGD):
         """A ``(1, B)`` row of ones over ``delta``'s batch (kept between steps)."""
         ones = getattr(self, "_batch_ones", None)
         if (ones is None or ones.shape[1] != delta.shape[0]
-                or ones.dtype is not delta.dtype
-                or ones.get_device() != delta.get_device()):
+                or ones.dtype is not delta.dtype or ones.device != delta.device):
             ones = self._batch_ones = delta.new_ones(1, delta.shape[0])
         return ones
 
