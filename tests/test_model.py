@@ -359,6 +359,19 @@ def test_stack_passes_code_up_with_its_graph() -> None:
     assert g.abs().sum() > 0
 
 
+def test_forward_upto_runs_the_lower_blocks_only() -> None:
+    model = Tourbillon(Config(sizes=(9, 7, 5, 3), classes=4)).double()
+    x = torch.randn(3, 9, dtype=torch.float64)
+    full = model(x)
+    upto = model(x, upto=1)
+    assert set(upto) == {k for k in full if k.endswith(("_0", "_1"))}
+    for key, value in upto.items():
+        assert torch.equal(value, full[key]), key
+    for bad in (-1, 3):
+        with pytest.raises(ValueError, match=f"upto={bad}, but the blocks are 0 to 2"):
+            model(x, upto=bad)
+
+
 def test_head_is_xavier_uniform() -> None:
     fan_in, fan_out = 400, 100
     model = TourbillonLinear([fan_in], classes=fan_out)

@@ -137,6 +137,7 @@ class CircularBlock(nn.Module):
         """
         self._check_input(x)
         c = self.config
+        encoder, decoder = self.encoder, self.decoder
         last = c.circulations - 1 if keep_all else self._last
         lam = c.regression
         out: dict[str, Tensor] = {}
@@ -144,7 +145,7 @@ class CircularBlock(nn.Module):
         visible = x if c.input_graph == "keep" else _cut(x)
         for i in range(last + 1):
             # Encoder half: the code of the visible state.
-            code = self.encoder(visible)
+            code = encoder(visible)
             if i == self._encoder_rule_at:
                 out["enc_input"] = _cut(visible)
             if i == c.encoder_output:
@@ -161,7 +162,7 @@ class CircularBlock(nn.Module):
 
             # Decoder half: reconstruct from the (detached) code.
             code_in = code if c.code_graph == "keep" else _cut(code)
-            reconstruction = self.decoder(code_in)
+            reconstruction = decoder(code_in)
             if i == c.decoder_output:
                 out["dec_input"] = _cut(code_in)
                 out["dec_output"] = reconstruction
@@ -327,16 +328,21 @@ class Tourbillon(nn.Module):
             logits, or the flattened top code when there is no head).
         """
         self.check_input(x)
-        top = len(self.blocks) - 1 if upto is None else upto
+        blocks = self.blocks
+        if upto is not None and not 0 <= upto < len(blocks):
+            raise ValueError(f"upto={upto}, but the blocks are 0 to {len(blocks) - 1}")
+        top = len(blocks) - 1 if upto is None else upto
+        detach = self.config.input_graph == "detach"
         out: dict[str, Tensor] = {}
         code = x
-        for k in range(top + 1):  # (slicing a ModuleList builds a new module)
-            result = self.blocks[k](code)
+        for k, block in enumerate(blocks):  # (slicing a ModuleList makes a module)
+            if k > top:
+                break
+            result = block(code)
+            suffix = f"_{k}"
             for key, value in result.items():
-                out[f"{key}_{k}"] = value
-            code = result["code"]
-            if self.config.input_graph == "detach":
-                code = _cut(code)
+                out[key + suffix] = value
+            code = _cut(result["code"]) if detach else result["code"]
         if upto is None:
             features = out[f"code_{top}"] if self.blocks else x
             if self.config.head_graph == "detach":
