@@ -44,6 +44,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import platform
 import random
 import statistics
 import time
@@ -272,6 +273,19 @@ def time_interleaved(fns: dict[str, Callable[[], None]], reps: int,
     return times
 
 
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux), else its
+    architecture: ratios differ from one CPU to another."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def profile_step(step: Callable[[], None], reps: int = 50) -> None:
     """Print the operators that take the step's time."""
     from torch.profiler import ProfilerActivity, profile
@@ -312,6 +326,7 @@ def main() -> None:
     floor_s = medians["floor"]
     ratios = {name: t / floor_s for name, t in medians.items()}
 
+    print(f"cpu: {cpu_name()}, torch {torch.__version__}")
     print(f"repetitions: {reps} (each in a shuffled order), "
           f"threads: {torch.get_num_threads()}")
     print(f"floor: {floor_s * 1e3:.3f} ms (median of its 5 bare matmuls)")

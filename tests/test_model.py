@@ -596,6 +596,8 @@ def test_benchmark_quick_run_prints_ratio() -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"ratio: \d+\.\d\d", lines[-1]), lines[-1]
+    # The figures name the processor and torch that measured them.
+    assert re.fullmatch(r"cpu: .+, torch \d+\.\d+\S*", lines[0]), lines[0]
     # The ladder's last rung is the step whose ratio ends the output.
     rung = next(line for line in lines if "= Trainer.train_step" in line)
     assert rung.split()[-2] == lines[-1].split()[-1]
